@@ -1,0 +1,154 @@
+"""Training runs: a few steps, checkpoints, resume equivalence, signals, options, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from training import train
+from training.checkpoint import load_checkpoint
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_few_step_run_writes_checkpoints_metrics_and_plot(train_args: list[str], tmp_path: Path) -> None:
+    assert train.main([*train_args, "--epochs", "2", "--lr", "0.05"]) == 0
+    run = tmp_path / "run"
+    assert {"last.pt", "best.pt", "metrics.jsonl", "errors.png"} <= {p.name for p in run.iterdir()}
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines[:2]] == [1, 2] and lines[1]["iteration"] == 8
+    assert {"train_loss", "train_error", "test_error", "lr", "images_per_s"} <= set(lines[0])
+    final = lines[-1]["final"]
+    assert 0 <= final["test_error_1crop"] <= 1 and 0 <= final["test_error_10crop"] <= 1
+    checkpoint = load_checkpoint(run / "last.pt")
+    assert checkpoint["iteration"] == 8 and checkpoint["classes"] == ["circle", "square", "stripe"]
+    assert {"model", "optimizer", "scheduler", "scaler", "rng", "config"} <= set(checkpoint)
+    assert checkpoint["config"]["arch"] == "resnet20" and len(checkpoint["config"]["mean"]) == 3
+
+
+def test_training_learns_the_tiny_task(train_args: list[str], tmp_path: Path) -> None:
+    assert train.main([*train_args, "--epochs", "8", "--schedule", "onecycle", "--lr", "0.05"]) == 0
+    history = load_checkpoint(tmp_path / "run" / "last.pt")["history"]
+    assert history[-1]["final"]["test_error_1crop"] <= 0.25  # 3 classes: chance is 0.67
+
+
+def _state(path: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path)["model"]
+
+
+def test_resume_after_interruption_equals_an_uninterrupted_run(
+    train_args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    budget = ["--iterations", "7", "--schedule", "cosine"]
+    straight = tmp_path / "straight"
+    assert train.main([*train_args, *budget, "--out", str(straight)]) == 0
+
+    step = train.Trainer.train_step
+
+    def step_then_terminate(self: train.Trainer, images: torch.Tensor, labels: torch.Tensor):
+        result = step(self, images, labels)
+        if self.iteration == 5:  # mid-epoch (4 iterations per epoch)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return result
+
+    monkeypatch.setattr(train.Trainer, "train_step", step_then_terminate)
+    interrupted = tmp_path / "interrupted"
+    assert train.main([*train_args, *budget, "--out", str(interrupted)]) == 128 + signal.SIGTERM
+    assert load_checkpoint(interrupted / "last.pt")["iteration"] == 5
+    monkeypatch.setattr(train.Trainer, "train_step", step)
+    assert train.main(["--resume", str(interrupted / "last.pt"), "--no-progress"]) == 0
+
+    expected, resumed = _state(straight / "last.pt"), _state(interrupted / "last.pt")
+    assert expected.keys() == resumed.keys()
+    assert all(torch.equal(expected[k], resumed[k]) for k in expected)
+
+
+def test_sigterm_leaves_a_usable_checkpoint(tiny_data: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    command = [
+        sys.executable, "training/train.py", "--data", str(tiny_data), "--batch-size", "12", "--device", "cpu",
+        "--iterations", "100000", "--no-progress", "--cache-dir", str(tmp_path / "cache"), "--out", str(run),
+    ]  # fmt: skip
+    process = subprocess.Popen(command, cwd=REPO, stderr=subprocess.PIPE, text=True)
+    assert process.stderr is not None
+    deadline = time.monotonic() + 120
+    for line in process.stderr:  # wait until the first epoch ends, so training is under way
+        if " epoch 1 " in line or time.monotonic() > deadline:
+            break
+    process.send_signal(signal.SIGTERM)
+    _, rest = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, rest
+    checkpoint = load_checkpoint(run / "last.pt")
+    assert checkpoint["iteration"] >= 4
+    assert not list(run.glob("*.tmp"))
+    resumed = train.main(["--resume", str(run / "last.pt"), "--no-progress", "--eval-every", "1000"])
+    assert resumed in (0, 128 + signal.SIGTERM) or resumed is None  # resumable: loads and runs
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--lr", "-1"], "must be a positive number"),
+        (["--batch-size", "0"], "must be a positive integer"),
+        (["--arch", "resnet21"], "invalid choice"),
+        (["--schedule", "linear"], "invalid choice"),
+        (["--epochs", "2", "--iterations", "5"], "not allowed with argument"),
+    ],
+)
+def test_bad_options_are_rejected_clearly(
+    option: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        train.build_parser().parse_args(option)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_data_directory_exits_with_instructions(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    code = train.main(["--data", str(tmp_path / "absent"), "--device", "cpu", "--out", str(tmp_path / "run")])
+    assert code == 2
+    assert "tar -xzf" in caplog.text
+
+
+def test_help_documents_the_options() -> None:
+    text = train.build_parser().format_help()
+    for option in ("--arch", "--shortcut", "--schedule", "--resume", "--export", "--eval-only", "--channels-last"):
+        assert option in text.replace("--no-channels-last", "--channels-last")
+
+
+def test_eval_only_reports_both_crop_modes(
+    train_args: list[str], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert train.main([*train_args, "--iterations", "4"]) == 0
+    caplog.clear()
+    import logging
+
+    with caplog.at_level(logging.INFO):
+        assert train.main(["--eval-only", str(tmp_path / "run" / "last.pt"), "--device", "cpu"]) == 0
+    assert "1-crop" in caplog.text and "10-crop" in caplog.text
+
+
+def test_ddp_with_two_gloo_processes(tiny_data: Path, tmp_path: Path) -> None:
+    run = tmp_path / "ddp"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0",
+        "training/train.py", "--data", str(tiny_data), "--batch-size", "12", "--device", "cpu",
+        "--iterations", "8", "--no-progress", "--cache-dir", str(tmp_path / "cache"), "--out", str(run),
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    checkpoint = load_checkpoint(run / "last.pt")
+    assert checkpoint["iteration"] == 8
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r.get("epoch") for r in records if "epoch" in r] == [1, 2]  # only rank 0 wrote

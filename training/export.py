@@ -1,0 +1,206 @@
+"""Export a trained ResNet to a self-describing ONNX model the service can serve as it is.
+
+``python training/export.py CKPT`` writes ``models/<arch>-<dataset>.onnx``: input ``image`` uint8
+[N, H, W, 3] RGB, the normalisation inside the graph, output ``logits`` [N, classes], and the metadata of the
+contract in ``models/README.md``. ONNX Runtime must agree with PyTorch (max |logit difference| <= 1e-4 and the
+same top-1) or nothing is published; publishing is atomic (temp file, fsync, rename).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository's packages importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import argparse
+import json
+import logging
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from torch import Tensor, nn
+
+from training.checkpoint import atomic_write, load_checkpoint, sha256_file
+from training.models import ARCHITECTURES, build_model
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = "1"
+OPSET = 18
+PARITY_TOLERANCE = 1e-4
+
+
+class ExportError(Exception):
+    """The exported graph does not reproduce the PyTorch model; nothing was published."""
+
+
+class PixelInput(nn.Module):
+    """Wraps a network so it takes what clients have: uint8 [N, H, W, 3] RGB pixels.
+
+    ``mean``/``std`` are in pixel units and in the network's channel order; ``bgr`` reverses the channels
+    first, for weights trained on BGR input (the original Caffe ResNets).
+    """
+
+    def __init__(self, network: nn.Module, mean: list[float], std: list[float], bgr: bool = False) -> None:
+        super().__init__()
+        self.network = network
+        self.bgr = bgr
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 1, 1, 3))
+        self.register_buffer("inv_std", 1.0 / torch.tensor(std, dtype=torch.float32).view(1, 1, 1, 3))
+
+    def forward(self, image: Tensor) -> Tensor:
+        x = image.float()
+        if self.bgr:
+            x = x.flip(-1)
+        x = (x - self.mean) * self.inv_std
+        return self.network(x.permute(0, 3, 1, 2))
+
+
+@dataclass
+class ModelCard:
+    """The metadata the service needs to serve a model correctly (see ``models/README.md``)."""
+
+    labels: list[str]
+    crop_size: int
+    resize_size: int
+    arch: str
+    dataset: str
+    checkpoint_sha256: str
+    test_error_1crop: float | None = None
+    test_error_10crop: float | None = None
+
+    def metadata(self) -> dict[str, str]:
+        now = time.gmtime()
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "labels": json.dumps(self.labels),
+            "crop_size": str(self.crop_size),
+            "resize_size": str(self.resize_size),
+            "arch": self.arch,
+            "dataset": self.dataset,
+            "test_error_1crop": json.dumps(self.test_error_1crop),
+            "test_error_10crop": json.dumps(self.test_error_10crop),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", now),
+            "checkpoint_sha256": self.checkpoint_sha256,
+            "version": time.strftime("%Y%m%dT%H%M%SZ", now),
+        }
+
+
+def to_onnx(model: PixelInput, crop_size: int, target: Path) -> None:
+    """Trace ``model`` into ``target`` with a dynamic batch dimension."""
+    example = torch.zeros(2, crop_size, crop_size, 3, dtype=torch.uint8)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    program = torch.onnx.export(
+        model,
+        (example,),
+        input_names=["image"],
+        output_names=["logits"],
+        opset_version=OPSET,
+        dynamo=True,
+        dynamic_shapes={"image": {0: batch}},
+        external_data=False,
+        verbose=False,
+    )
+    assert program is not None
+    program.save(str(target))
+
+
+def check_parity(model: PixelInput, path: Path, crop_size: int, samples: np.ndarray | None) -> float:
+    """Run ONNX Runtime and PyTorch on the same batch; raise ``ExportError`` unless they agree."""
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(0)
+    batch = samples if samples is not None else rng.integers(0, 256, (8, crop_size, crop_size, 3), np.uint8)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    onnx_logits = session.run(["logits"], {"image": batch})[0]
+    with torch.no_grad():
+        torch_logits = model(torch.from_numpy(batch)).numpy()
+    difference = float(np.abs(onnx_logits - torch_logits).max())
+    same_top1 = bool((onnx_logits.argmax(1) == torch_logits.argmax(1)).all())
+    if difference > PARITY_TOLERANCE or not same_top1:
+        raise ExportError(
+            f"ONNX Runtime disagrees with PyTorch: max |logit difference| {difference:.3g} "
+            f"(limit {PARITY_TOLERANCE}), same top-1: {same_top1}; nothing was published"
+        )
+    return difference
+
+
+def export_model(
+    model: PixelInput, card: ModelCard, target: Path, samples: np.ndarray | None = None
+) -> Path:
+    """Export, check parity, attach the metadata and publish ``target`` atomically."""
+    model.eval()
+    with tempfile.TemporaryDirectory(prefix="export-") as scratch:
+        raw = Path(scratch) / "model.onnx"
+        to_onnx(model, card.crop_size, raw)
+        proto = onnx.load(str(raw))
+        onnx.checker.check_model(proto)
+        for key, value in card.metadata().items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
+        proto.doc_string = f"{card.arch} trained on {card.dataset}; contract: models/README.md"
+        checked = Path(scratch) / "checked.onnx"
+        onnx.save(proto, str(checked))
+        difference = check_parity(model, checked, card.crop_size, samples)
+        payload = checked.read_bytes()
+    atomic_write(target, lambda handle: handle.write(payload))
+    log.info("published %s (ONNX Runtime vs PyTorch max |diff| %.2g)", target, difference)
+    return target
+
+
+def final_results(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    for record in reversed(checkpoint.get("history", [])):
+        if "final" in record:
+            return record["final"]
+    return {}
+
+
+def export_checkpoint(path: Path, models_dir: Path = Path("models"), name: str | None = None) -> Path:
+    """Export a ``train.py`` checkpoint to ``models_dir/<arch>-<dataset>.onnx`` (or ``<name>.onnx``)."""
+    checkpoint = load_checkpoint(path)
+    config = checkpoint["config"]
+    classes = checkpoint["classes"]
+    network = build_model(
+        config["arch"], num_classes=len(classes), shortcut=config["shortcut"], stride_in=config["stride_in"]
+    )
+    network.load_state_dict(checkpoint["model"])
+    results = final_results(checkpoint)
+    crop = ARCHITECTURES[config["arch"]].input_size
+    card = ModelCard(
+        labels=classes,
+        crop_size=crop,
+        resize_size=int(results.get("resize_size") or config.get("resize_size") or crop),
+        arch=config["arch"],
+        dataset=config["dataset"],
+        checkpoint_sha256=sha256_file(path),
+        test_error_1crop=results.get("test_error_1crop"),
+        test_error_10crop=results.get("test_error_10crop"),
+    )
+    model = PixelInput(network, config["mean"], config["std"])
+    return export_model(model, card, models_dir / f"{name or config['arch'] + '-' + config['dataset']}.onnx")
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    parser = argparse.ArgumentParser(prog="python training/export.py", description=__doc__)
+    parser.add_argument("checkpoint", type=Path, help="a checkpoint written by training/train.py")
+    parser.add_argument("--models-dir", type=Path, default=Path("models"), help="where to publish the model")
+    parser.add_argument("--name", help="model name (default: <arch>-<dataset>)")
+    args = parser.parse_args(argv)
+    try:
+        print(export_checkpoint(args.checkpoint, args.models_dir, args.name))
+    except (ExportError, FileNotFoundError) as exc:
+        log.error("%s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
