@@ -12,8 +12,8 @@ from typing import IO, Any
 import torch
 
 
-def atomic_write(target: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write through ``write`` into a temp file beside ``target``, fsync it, then rename it over ``target``."""
+def atomic_write(target: Path, write: Callable[[IO[bytes]], object]) -> None:
+    """Write via ``write`` into a temp file beside ``target``, fsync it, then rename it over ``target``."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:

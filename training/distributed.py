@@ -57,4 +57,6 @@ def wrap(model: nn.Module, device: torch.device) -> nn.Module:
     """DDP-wrap ``model`` when several processes train; the plain model otherwise."""
     if not dist.is_initialized():
         return model
-    return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None
+    )

@@ -52,6 +52,8 @@ class PixelInput(nn.Module):
         super().__init__()
         self.network = network
         self.bgr = bgr
+        self.mean: Tensor
+        self.inv_std: Tensor
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 1, 1, 3))
         self.register_buffer("inv_std", 1.0 / torch.tensor(std, dtype=torch.float32).view(1, 1, 1, 3))
 
@@ -132,9 +134,7 @@ def check_parity(model: PixelInput, path: Path, crop_size: int, samples: np.ndar
     return difference
 
 
-def export_model(
-    model: PixelInput, card: ModelCard, target: Path, samples: np.ndarray | None = None
-) -> Path:
+def export_model(model: PixelInput, card: ModelCard, target: Path, samples: np.ndarray | None = None) -> Path:
     """Export, check parity, attach the metadata and publish ``target`` atomically."""
     model.eval()
     with tempfile.TemporaryDirectory(prefix="export-") as scratch:

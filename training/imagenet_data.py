@@ -23,8 +23,10 @@ SCALE_RANGE = (256, 480)
 TEST_SIZE = 256
 
 
-class ImageFolderDataset(Dataset):
-    def __init__(self, root: Path, split: str, train: bool, crop: int, classes: list[str] | None = None) -> None:
+class ImageFolderDataset(Dataset[tuple[torch.Tensor, int]]):
+    def __init__(
+        self, root: Path, split: str, train: bool, crop: int, classes: list[str] | None = None
+    ) -> None:
         self.files = scan_split(root, split, classes)
         self.train = train
         self.crop = crop
@@ -54,7 +56,9 @@ def imagenet_loader(
     train = split == "train"
     dataset = ImageFolderDataset(root, split, train, config.crop_size, classes)
     world = distributed.world_size()
-    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=train, seed=config.seed)
+    sampler: DistributedSampler[tuple[torch.Tensor, int]] = DistributedSampler(
+        dataset, num_replicas=world, rank=rank, shuffle=train, seed=config.seed
+    )
     loader = DataLoader(
         dataset,
         batch_size=config.batch_size // world,

@@ -63,9 +63,7 @@ class ProjectionShortcut(nn.Sequential):
         super().__init__(conv1x1(in_planes, out_planes, stride), nn.BatchNorm2d(out_planes, eps=bn_eps))
 
 
-def make_shortcut(
-    option: Shortcut, in_planes: int, out_planes: int, stride: int, bn_eps: float
-) -> nn.Module:
+def make_shortcut(option: Shortcut, in_planes: int, out_planes: int, stride: int, bn_eps: float) -> nn.Module:
     """The shortcut a block adds to its residual branch, per the paper's options A/B/C."""
     changes = stride != 1 or in_planes != out_planes
     if option == "C" or (option == "B" and changes):
@@ -197,9 +195,7 @@ class ResNet(nn.Module):
                 if self.residual
                 else None
             )
-            layers.append(
-                block(self.in_planes, planes, block_stride, shortcut, self.stride_in, self.bn_eps)
-            )
+            layers.append(block(self.in_planes, planes, block_stride, shortcut, self.stride_in, self.bn_eps))
             self.in_planes = out_planes
         return nn.Sequential(*layers)
 

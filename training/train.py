@@ -27,12 +27,19 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 from tqdm import tqdm
 
 from training import augment, distributed
 from training.checkpoint import load_checkpoint, save_checkpoint
-from training.data import CIFAR10_DEFAULT_ROOT, DataError, SplitArrays, ensure_cifar10, hold_out, load_split, subset
+from training.data import (
+    CIFAR10_DEFAULT_ROOT,
+    DataError,
+    SplitArrays,
+    ensure_cifar10,
+    hold_out,
+    load_split,
+    subset,
+)
 from training.imagenet_data import imagenet_loader
 from training.models import ARCHITECTURES, SHORTCUTS, STRIDE_PLACES, build_model
 from training.reporting import append_metrics, plot_errors
@@ -104,10 +111,14 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--arch", default="resnet20", choices=list(ARCHITECTURES), help="architecture")
-    p.add_argument("--shortcut", choices=SHORTCUTS, help="shortcut option (default: A for CIFAR, B for ImageNet)")
+    p.add_argument(
+        "--shortcut", choices=SHORTCUTS, help="shortcut option (default: A for CIFAR, B for ImageNet)"
+    )
     p.add_argument("--stride-in", default="1x1", choices=STRIDE_PLACES, help="bottleneck stride placement")
     p.add_argument("--data", default=str(CIFAR10_DEFAULT_ROOT), help="ImageFolder root with train/ and test/")
-    p.add_argument("--dataset", default=None, help="data set name for the exported model (default: folder name)")
+    p.add_argument(
+        "--dataset", default=None, help="data set name for the exported model (default: folder name)"
+    )
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--epochs", type=positive_int, help="train for this many epochs")
     budget.add_argument(
@@ -121,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--schedule",
         default="paper",
         choices=SCHEDULES,
-        help="paper: /10 at 50%% and 75%% of the iterations; cosine/onecycle: short schedules for small budgets",
+        help="paper: /10 at 50%% and 75%% of the iterations; cosine/onecycle: short schedules "
+        "for small budgets",
     )
     p.add_argument(
         "--warmup-iterations",
@@ -131,7 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=4, help="data-loading processes (ImageNet-style data)")
     p.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda, cuda:N")
     p.add_argument("--amp", action="store_true", help="mixed precision (fp16 on CUDA, bf16 on CPU)")
-    p.add_argument("--no-channels-last", dest="channels_last", action="store_false", help="NCHW memory format")
+    p.add_argument(
+        "--no-channels-last", dest="channels_last", action="store_false", help="NCHW memory format"
+    )
     p.add_argument("--out", type=Path, help="run directory (default: runs/<arch>-<time>)")
     p.add_argument(
         "--resume",
@@ -145,11 +159,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit-train", type=positive_int, metavar="N", help="use N training images")
     p.add_argument("--limit-test", type=positive_int, metavar="N", help="use N test images")
     p.add_argument(
-        "--val-size", type=int, default=0, metavar="N", help="hold out N training images to choose the 10-crop resize"
+        "--val-size",
+        type=int,
+        default=0,
+        metavar="N",
+        help="hold out N training images to choose the 10-crop resize",
     )
     p.add_argument("--cache-dir", default="cache", help="where decoded uint8 arrays are cached")
     p.add_argument("--eval-every", type=positive_int, default=1, help="test every N epochs")
-    p.add_argument("--eval-only", type=Path, metavar="CKPT", help="evaluate CKPT (1-crop and 10-crop) and exit")
+    p.add_argument(
+        "--eval-only", type=Path, metavar="CKPT", help="evaluate CKPT (1-crop and 10-crop) and exit"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -236,7 +256,9 @@ def load_data(config: TrainConfig, rank: int) -> Data:
     val = None
     if config.val_size:
         if config.val_size >= len(train.labels):
-            raise DataError(f"--val-size {config.val_size} leaves no training images (of {len(train.labels)})")
+            raise DataError(
+                f"--val-size {config.val_size} leaves no training images (of {len(train.labels)})"
+            )
         train, val = hold_out(train, config.val_size, config.seed)
     if config.limit_train:
         train = subset(train, config.limit_train, config.seed)
@@ -276,7 +298,9 @@ class Trainer:
         self.progress = progress
         self.rank, self.world = distributed.rank(), distributed.world_size()
         if config.batch_size % self.world:
-            raise SystemExit(f"error: --batch-size {config.batch_size} is not divisible by {self.world} processes")
+            raise SystemExit(
+                f"error: --batch-size {config.batch_size} is not divisible by {self.world} processes"
+            )
         self.data = load_data(config, self.rank)
         if not config.mean:
             config.mean, config.std = self.normalisation()
@@ -380,7 +404,9 @@ class Trainer:
             return
         images_all = torch.from_numpy(self.data.train.images)
         labels_all = torch.from_numpy(self.data.train.labels)
-        order = torch.randperm(len(labels_all), generator=torch.Generator().manual_seed(self.config.seed + epoch))
+        order = torch.randperm(
+            len(labels_all), generator=torch.Generator().manual_seed(self.config.seed + epoch)
+        )
         for index in range(start, self.iters_per_epoch):
             first = index * self.config.batch_size + self.rank * per_rank
             picked = order[first : first + per_rank]
@@ -427,16 +453,25 @@ class Trainer:
                 if stop.signal is not None:
                     bar.close()
                     self.save("last.pt")
-                    log.info("signal %d: saved %s at iteration %d", stop.signal, self.out / "last.pt", self.iteration)
+                    log.info(
+                        "signal %d: saved %s at iteration %d",
+                        stop.signal,
+                        self.out / "last.pt",
+                        self.iteration,
+                    )
                     return stop.signal
                 if self.iteration >= self.total:
                     break
             bar.close()
             elapsed = time.perf_counter() - started
-            self.end_epoch(epoch, loss_sum / max(steps, 1), wrong / max(seen, 1), seen * self.world / elapsed, elapsed)
+            self.end_epoch(
+                epoch, loss_sum / max(steps, 1), wrong / max(seen, 1), seen * self.world / elapsed, elapsed
+            )
         return 0
 
-    def end_epoch(self, epoch: int, loss: float, train_error: float, images_per_s: float, elapsed: float) -> None:
+    def end_epoch(
+        self, epoch: int, loss: float, train_error: float, images_per_s: float, elapsed: float
+    ) -> None:
         last = self.iteration >= self.total
         test_error = None
         if (epoch + 1) % self.config.eval_every == 0 or last:
@@ -456,7 +491,8 @@ class Trainer:
             test_text = "-" if test_error is None else f"{100 * test_error:.2f}%"
             log.info(
                 "epoch %d iter %d  train loss %.4f err %.2f%%  test err %s  lr %.4g  %.0f img/s  %.0f s",
-                epoch + 1, self.iteration, loss, 100 * train_error, test_text, record["lr"], images_per_s, elapsed,
+                epoch + 1, self.iteration, loss, 100 * train_error, test_text, record["lr"],
+                images_per_s, elapsed,
             )  # fmt: skip
             append_metrics(self.out / "metrics.jsonl", record)
             plot_errors(self.history, self.out / "errors.png", f"{self.config.arch} on {self.config.dataset}")
@@ -502,8 +538,12 @@ class Trainer:
         """The 10-crop resize size with the lowest validation error (never chosen on the test set)."""
         if self.data.val is None or self.config.family == "imagenet":
             return self.default_resize()
-        errors = {size: self.evaluate_split("val", crops=10, resize_size=size) for size in CIFAR_RESIZE_CANDIDATES}
-        log.info("10-crop validation error by resize size: %s", {k: f"{100 * v:.2f}%" for k, v in errors.items()})
+        errors = {
+            size: self.evaluate_split("val", crops=10, resize_size=size) for size in CIFAR_RESIZE_CANDIDATES
+        }
+        log.info(
+            "10-crop validation error by resize size: %s", {k: f"{100 * v:.2f}%" for k, v in errors.items()}
+        )
         return min(errors, key=lambda size: (errors[size], size))
 
     def final_evaluation(self) -> dict[str, float]:
@@ -547,7 +587,11 @@ def main(argv: list[str] | None = None) -> int:
         if checkpoint and (args.epochs or args.iterations):  # e.g. shorten a run that will not finish in time
             log.info("resuming with a new budget: epochs=%s iterations=%s", args.epochs, args.iterations)
             config.epochs, config.iterations = args.epochs, args.iterations
-        out = args.out or (args.resume.parent if args.resume else Path("runs") / f"{config.arch}-{time.strftime('%Y%m%d-%H%M%S')}")
+        out = args.out or (
+            args.resume.parent
+            if args.resume
+            else Path("runs") / f"{config.arch}-{time.strftime('%Y%m%d-%H%M%S')}"
+        )
         out.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(config.seed)
         trainer = Trainer(config, out, device, progress=not args.no_progress)

@@ -49,7 +49,7 @@ def test_class_with_only_unreadable_files_is_a_clear_error(tmp_path: Path) -> No
     root = write_imagefolder(tmp_path / "data", train_per_class=4, test_per_class=2)
     for path in (root / "train" / "circle").iterdir():
         path.write_bytes(b"garbage")
-    with pytest.raises(DataError, match="no readable images for class.*circle"):
+    with pytest.raises(DataError, match=r"no readable images for class.*circle"):
         load_split(root, "train", 32, None)
 
 

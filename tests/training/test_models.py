@@ -18,7 +18,8 @@ from training.models import (
 
 # Parameters in millions, as the paper reports them (Table 6 for CIFAR with option A; ImageNet with option B).
 PAPER_PARAMETERS = {
-    "resnet20": 0.27, "resnet32": 0.46, "resnet44": 0.66, "resnet56": 0.85, "resnet110": 1.7, "resnet1202": 19.4,
+    "resnet20": 0.27, "resnet32": 0.46, "resnet44": 0.66, "resnet56": 0.85,
+    "resnet110": 1.7, "resnet1202": 19.4,
     "resnet18": 11.7, "resnet34": 21.8, "resnet50": 25.6, "resnet101": 44.5, "resnet152": 60.2,
 }  # fmt: skip
 # Multiply-adds in billions at 224x224, Table 1 ("FLOPs").
@@ -71,7 +72,10 @@ def test_option_a_is_parameter_free_and_pads_channels() -> None:
 
 
 def test_option_b_projects_only_where_dimensions_change_and_c_everywhere() -> None:
-    b, c = _shortcuts(build_model("resnet34", shortcut="B")), _shortcuts(build_model("resnet34", shortcut="C"))
+    b, c = (
+        _shortcuts(build_model("resnet34", shortcut="B")),
+        _shortcuts(build_model("resnet34", shortcut="C")),
+    )
     assert sum(isinstance(s, ProjectionShortcut) for s in b) == 3
     assert all(isinstance(s, ProjectionShortcut) for s in c) and len(c) == 16
     params = [count_parameters(build_model("resnet34", shortcut=o)) for o in "ABC"]

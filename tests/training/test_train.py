@@ -74,7 +74,8 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(
 def test_sigterm_leaves_a_usable_checkpoint(tiny_data: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     command = [
-        sys.executable, "training/train.py", "--data", str(tiny_data), "--batch-size", "12", "--device", "cpu",
+        sys.executable, "training/train.py", "--data", str(tiny_data), "--batch-size", "12",
+        "--device", "cpu",
         "--iterations", "100000", "--no-progress", "--cache-dir", str(tmp_path / "cache"), "--out", str(run),
     ]  # fmt: skip
     process = subprocess.Popen(command, cwd=REPO, stderr=subprocess.PIPE, text=True)
@@ -122,7 +123,15 @@ def test_missing_data_directory_exits_with_instructions(
 
 def test_help_documents_the_options() -> None:
     text = train.build_parser().format_help()
-    for option in ("--arch", "--shortcut", "--schedule", "--resume", "--export", "--eval-only", "--channels-last"):
+    for option in (
+        "--arch",
+        "--shortcut",
+        "--schedule",
+        "--resume",
+        "--export",
+        "--eval-only",
+        "--channels-last",
+    ):
         assert option in text.replace("--no-channels-last", "--channels-last")
 
 

@@ -1,0 +1,189 @@
+"""Dynamic batching: rows from concurrent requests are coalesced into one session run.
+
+A batch closes when it holds ``max_batch_size`` rows or when its oldest request has waited
+``max_queue_delay_s``; meanwhile the previous batch runs, so under load batches fill up by
+themselves. The queue is bounded: a full queue raises :class:`Overloaded` (HTTP 503) at once.
+The batcher knows nothing of HTTP or ONNX: it takes any blocking ``infer(rows) -> outputs``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from service.errors import InferenceFailed, Overloaded
+
+log = logging.getLogger(__name__)
+
+
+class BatchObserver(Protocol):
+    """Receives what the batcher measures (the service feeds Prometheus with it)."""
+
+    def batch_done(self, rows: int, requests: int, queue_waits: list[float], inference_s: float) -> None: ...
+
+    def queue_depth(self, depth: int) -> None: ...
+
+
+@dataclass
+class BatchResult:
+    """One request's share of a batch, and how long it waited and ran."""
+
+    outputs: np.ndarray
+    queue_s: float
+    inference_s: float
+    batch_rows: int
+    batch_requests: int
+
+
+@dataclass
+class _Item:
+    rows: np.ndarray
+    future: asyncio.Future[BatchResult]
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+_STOP = object()
+
+
+class DynamicBatcher:
+    """Coalesces ``submit`` calls into batches for one blocking inference function."""
+
+    def __init__(
+        self,
+        infer: Callable[[np.ndarray], np.ndarray],
+        *,
+        max_batch_size: int,
+        max_queue_delay_s: float,
+        max_queue_size: int,
+        executor: Executor | None = None,
+        observer: BatchObserver | None = None,
+        name: str = "model",
+    ) -> None:
+        self._infer = infer
+        self.max_batch_size = max_batch_size
+        self.max_queue_delay_s = max_queue_delay_s
+        self._queue: asyncio.Queue[_Item | object] = asyncio.Queue(maxsize=max_queue_size)
+        self._executor = executor
+        self._observer = observer
+        self._name = name
+        self._carry: _Item | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @property
+    def depth(self) -> int:
+        """Requests waiting for a batch."""
+        return self._queue.qsize() + (self._carry is not None)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._worker(), name=f"batcher-{self._name}")
+
+    async def submit(self, rows: np.ndarray) -> BatchResult:
+        """Queue ``rows`` (one request's crops) and wait for their outputs."""
+        if self._closed or self._task is None:
+            raise Overloaded(f"model {self._name} is being unloaded")
+        item = _Item(rows, asyncio.get_running_loop().create_future())
+        try:
+            self._queue.put_nowait(item)
+        except asyncio.QueueFull:
+            raise Overloaded(f"queue of model {self._name} is full; retry shortly") from None
+        self._report_depth()
+        return await item.future
+
+    async def close(self) -> None:
+        """Finish everything already queued, then stop the worker."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._task is not None and not self._task.done():
+            await self._queue.put(_STOP)
+            await self._task
+
+    def _report_depth(self) -> None:
+        if self._observer is not None:
+            self._observer.queue_depth(self.depth)
+
+    async def _next(self, timeout: float | None) -> _Item | object | None:
+        if self._carry is not None:
+            item, self._carry = self._carry, None
+            return item
+        if timeout is None:
+            return await self._queue.get()
+        if timeout <= 0:
+            try:
+                return self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return None
+        try:
+            return await asyncio.wait_for(self._queue.get(), timeout)
+        except asyncio.TimeoutError:
+            return None
+
+    async def _gather(self) -> tuple[list[_Item], bool]:
+        """The next batch, and whether the stop marker was reached."""
+        batch: list[_Item] = []
+        rows = 0
+        deadline: float | None = None
+        while rows < self.max_batch_size:
+            timeout = None if deadline is None else deadline - time.perf_counter()
+            item = await self._next(timeout)
+            if item is None:
+                break
+            if item is _STOP:
+                return batch, True
+            assert isinstance(item, _Item)
+            if item.future.done():  # cancelled by a timeout while it waited
+                continue
+            if batch and rows + len(item.rows) > self.max_batch_size:
+                self._carry = item
+                break
+            batch.append(item)
+            rows += len(item.rows)
+            if deadline is None:
+                deadline = item.enqueued + self.max_queue_delay_s
+        return batch, False
+
+    async def _worker(self) -> None:
+        loop = asyncio.get_running_loop()
+        stop = False
+        while not stop:
+            batch, stop = await self._gather()
+            self._report_depth()
+            if batch:
+                await self._run(loop, batch)
+
+    def _infer_parts(self, parts: list[np.ndarray]) -> np.ndarray:
+        """Concatenate and run, in the executor thread: the copy stays off the event loop."""
+        return self._infer(parts[0] if len(parts) == 1 else np.concatenate(parts))
+
+    async def _run(self, loop: asyncio.AbstractEventLoop, batch: list[_Item]) -> None:
+        started = time.perf_counter()
+        rows = sum(len(item.rows) for item in batch)
+        try:
+            outputs = await loop.run_in_executor(self._executor, self._infer_parts, [i.rows for i in batch])
+        except Exception:
+            log.exception("inference failed for model %s on a batch of %d rows", self._name, rows)
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(InferenceFailed("inference failed; see the service log"))
+            return
+        inference_s = time.perf_counter() - started
+        waits = [started - item.enqueued for item in batch]
+        if self._observer is not None:
+            self._observer.batch_done(rows, len(batch), waits, inference_s)
+        offset = 0
+        for item, wait in zip(batch, waits, strict=True):
+            n = len(item.rows)
+            if not item.future.done():
+                item.future.set_result(
+                    BatchResult(outputs[offset : offset + n], wait, inference_s, rows, len(batch))
+                )
+            offset += n

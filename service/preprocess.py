@@ -1,0 +1,156 @@
+"""Image decoding and the paper's 10-crop testing, shared by the service and the offline evaluator.
+
+Order of the crops returned by :func:`make_crops` (after resizing the shorter side):
+index 0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right, 4 centre, and 5-9 the horizontal
+mirrors of 0-4 in the same order (``crops[5 + i] == crops[i][:, ::-1]``). ``crops=1`` is the centre
+crop alone. Geometry follows torchvision's ``Resize(int)`` + ``TenCrop`` (bilinear, antialiased).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from service.errors import ImageTooLarge, InvalidImage
+
+log = logging.getLogger(__name__)
+
+# Formats Pillow may open: the ones users send. Everything else (EPS, PSD, ...) is refused
+# before any plugin parses it. (Camera JPEGs that Pillow calls MPO open through the JPEG plugin.)
+FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
+CROP_COUNTS = (1, 10)
+# JPEGs are decoded at a reduced scale (1/2 .. 1/8) while the shorter side stays at least this many
+# times the resize target, so the final antialiased resize still has real pixels to average.
+DRAFT_FACTOR = 2
+WHITE = (255, 255, 255, 255)
+
+
+def _damage(exc: Exception) -> str:
+    return "truncated" if "truncat" in str(exc).lower() or isinstance(exc, EOFError) else "corrupt"
+
+
+def _open(data: bytes, max_pixels: int) -> Image.Image:
+    if not data:
+        raise InvalidImage("empty image: the upload has no bytes")
+    try:
+        image = Image.open(io.BytesIO(data), formats=FORMATS)
+    except UnidentifiedImageError:
+        raise InvalidImage("not a decodable image: send JPEG, PNG, WebP, BMP, GIF or TIFF") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge(f"image has more pixels than the limit of {max_pixels}: {exc}") from None
+    except Exception as exc:  # Pillow plugins raise many types on corrupt headers
+        raise InvalidImage(f"{_damage(exc)} image header: {exc}") from None
+    width, height = image.size
+    if width <= 0 or height <= 0:
+        raise InvalidImage(f"image has no pixels ({width}x{height})")
+    if width * height > max_pixels:
+        raise ImageTooLarge(
+            f"image is {width}x{height} = {width * height} pixels, above the limit of {max_pixels}"
+        )
+    return image
+
+
+def _to_8bit(values: np.ndarray, mode: str) -> np.ndarray:
+    """Scale a 16/32-bit integer or float single-channel image to 0-255."""
+    if mode == "F":
+        values = np.nan_to_num(values.astype(np.float64))
+        values = values * 255.0 if values.max(initial=0.0) <= 1.0 else values
+        return np.clip(np.rint(values), 0, 255).astype(np.uint8)
+    wide = values.astype(np.int64)
+    if mode.startswith("I;16") or wide.max(initial=0) > 255:
+        return ((np.clip(wide, 0, 65535) * 255 + 32767) // 65535).astype(np.uint8)
+    return np.clip(wide, 0, 255).astype(np.uint8)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow mode as 8-bit RGB: transparency is composited over white, 16-bit is scaled."""
+    mode = image.mode
+    if mode == "RGB" and "transparency" not in image.info:
+        return image
+    if mode in ("I", "F") or mode.startswith("I;16"):
+        return Image.fromarray(_to_8bit(np.asarray(image), mode), "L").convert("RGB")
+    try:
+        if image.has_transparency_data:
+            rgba = image.convert("RGBA")
+            return Image.alpha_composite(Image.new("RGBA", rgba.size, WHITE), rgba).convert("RGB")
+        return image.convert("RGB")
+    except ValueError as exc:
+        raise InvalidImage(f"unsupported colour mode {mode}: {exc}") from None
+
+
+def decode_image(data: bytes, *, max_pixels: int, draft_size: int | None = None) -> Image.Image:
+    """Decode ``data`` (JPEG, PNG, WebP, BMP, GIF first frame, TIFF) into an upright RGB image.
+
+    ``draft_size``: a JPEG may be decoded at 1/2, 1/4 or 1/8 scale while both sides stay at least
+    this large. Raises :class:`InvalidImage` (empty, truncated, corrupt, unknown format) or
+    :class:`ImageTooLarge` (more than ``max_pixels`` declared pixels) with a message for the client.
+    """
+    image = _open(data, max_pixels)
+    if draft_size and image.format in ("JPEG", "MPO"):
+        image.draft(None, (draft_size, draft_size))
+    try:
+        image.load()
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge(f"image has more pixels than the limit of {max_pixels}: {exc}") from None
+    except Exception as exc:
+        raise InvalidImage(f"{_damage(exc)} image: {exc}") from None
+    try:
+        image = ImageOps.exif_transpose(image)
+    except Exception as exc:  # a broken EXIF block should not cost the user the image
+        log.debug("ignoring unreadable EXIF orientation: %s", exc)
+    return to_rgb(image)
+
+
+def resized_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """(width, height) with the shorter side ``size`` and the aspect ratio kept (torchvision's rule)."""
+    if width <= height:
+        return size, int(size * height / width)
+    return int(size * width / height), size
+
+
+def crop_origins(width: int, height: int, crop_size: int) -> list[tuple[int, int]]:
+    """(top, left) of the top-left, top-right, bottom-left, bottom-right and centre crops."""
+    bottom, right = height - crop_size, width - crop_size
+    centre = (round(bottom / 2), round(right / 2))
+    return [(0, 0), (0, right), (bottom, 0), (bottom, right), centre]
+
+
+def make_crops(image: Image.Image, resize_size: int, crop_size: int, crops: int) -> np.ndarray:
+    """Resize the shorter side to ``resize_size`` and cut ``crops`` (1 or 10) square crops.
+
+    Returns uint8 ``[crops, crop_size, crop_size, 3]`` in the order documented in this module.
+    """
+    if crops not in CROP_COUNTS:
+        raise ValueError(f"crops must be 1 or 10, not {crops}")
+    if resize_size < crop_size:
+        raise ValueError(f"resize_size {resize_size} is smaller than crop_size {crop_size}")
+    if image.mode != "RGB":
+        image = to_rgb(image)
+    size = resized_size(image.width, image.height, resize_size)
+    if size != image.size:
+        image = image.resize(size, Image.Resampling.BILINEAR)
+    pixels = np.asarray(image)
+    origins = crop_origins(image.width, image.height, crop_size)
+    chosen = origins if crops == 10 else origins[4:]
+    out = np.empty((crops, crop_size, crop_size, 3), dtype=np.uint8)
+    for i, (top, left) in enumerate(chosen):
+        out[i] = pixels[top : top + crop_size, left : left + crop_size]
+    if crops == 10:
+        out[5:] = out[:5, :, ::-1]
+    return out
+
+
+def preprocess(data: bytes, *, resize_size: int, crop_size: int, crops: int, max_pixels: int) -> np.ndarray:
+    """Encoded image bytes to model rows exactly as the service does it (decode, draft, crops)."""
+    image = decode_image(data, max_pixels=max_pixels, draft_size=resize_size * DRAFT_FACTOR)
+    return make_crops(image, resize_size, crop_size, crops)
+
+
+def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Numerically stable softmax in float32."""
+    shifted = logits.astype(np.float32) - logits.max(axis=axis, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=axis, keepdims=True)

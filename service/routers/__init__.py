@@ -1,0 +1,1 @@
+"""HTTP routers, one module per concern; ``service.app.create_app`` includes them."""

@@ -1,0 +1,122 @@
+"""All service settings in one place: environment variables ``SERVE_*``, overridable by the CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROVIDER_ALIASES = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "trt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+
+def split_list(value: object) -> str:
+    """Normalise a comma-separated string or a list into ``"a,b,c"`` (no blanks)."""
+    items = value.split(",") if isinstance(value, str) else list(value)  # type: ignore[call-overload]
+    return ",".join(str(item).strip() for item in items if str(item).strip())
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. Each field ``name`` is read from ``SERVE_NAME``."""
+
+    model_config = SettingsConfigDict(env_prefix="SERVE_", extra="ignore", validate_default=True)
+
+    models_dir: Path = Field(default=Path("models"), description="directory whose *.onnx files are served")
+    host: str = Field(default="0.0.0.0", description="address to listen on")
+    port: int = Field(default=8000, ge=1, le=65535, description="TCP port to listen on")
+    default_model: str | None = Field(
+        default=None,
+        description="model used when a request names none (default: resnet20-cifar10 if served, "
+        "else the first ready model alphabetically)",
+    )
+    providers: str = Field(
+        default="tensorrt,cuda,cpu",
+        description="ONNX Runtime execution providers in order of preference (tensorrt, cuda, cpu or "
+        "full provider names), comma-separated",
+    )
+    trt_cache_dir: Path = Field(
+        default=Path("cache/tensorrt"), description="writable directory for TensorRT engine and timing caches"
+    )
+    trt_fp16: bool = Field(default=True, description="let TensorRT build FP16 engines")
+    intra_op_threads: int = Field(
+        default=0, ge=0, description="ONNX Runtime threads per session (0: its default)"
+    )
+    preprocess_threads: int = Field(
+        default=0, ge=0, description="threads decoding and cropping images (0: one per CPU)"
+    )
+    max_batch_size: int = Field(default=64, ge=1, description="most rows (crops) in one session run")
+    max_queue_delay_ms: float = Field(
+        default=5.0, ge=0, description="longest a request waits for others to join its batch, in ms"
+    )
+    max_queue_size: int = Field(
+        default=256, ge=1, description="most images waiting per model; beyond it requests get 503"
+    )
+    request_timeout_s: float = Field(default=30.0, gt=0, description="per-request timeout (504 after it)")
+    max_upload_bytes: int = Field(
+        default=20 * 1024 * 1024, ge=1, description="largest request body in bytes (413 above it)"
+    )
+    max_image_pixels: int = Field(
+        default=64_000_000, ge=1, description="largest declared image size in pixels (413 above it)"
+    )
+    max_batch_images: int = Field(default=16, ge=1, description="most images in one /classify/batch request")
+    auth_token: SecretStr | None = Field(
+        default=None, description="bearer token required by the classification endpoints (unset: open)"
+    )
+    admin_token: SecretStr | None = Field(
+        default=None, description="bearer token of the admin endpoints (unset: admin endpoints disabled)"
+    )
+    cors_origins: str = Field(default="", description="comma-separated origins allowed by CORS (* for any)")
+    watch: bool = Field(default=True, description="watch the models directory and hot-reload changed files")
+    watch_debounce_ms: int = Field(default=300, ge=1, description="how long file events are gathered, in ms")
+    retry_after_s: int = Field(default=1, ge=0, description="Retry-After seconds sent with 503 answers")
+    log_level: str = Field(default="info", description="log level: " + ", ".join(LOG_LEVELS))
+
+    @field_validator("providers", mode="before")
+    @classmethod
+    def _known_providers(cls, value: object) -> str:
+        joined = split_list(value)
+        if not joined:
+            raise ValueError("at least one provider is needed (cpu is always available)")
+        for name in joined.split(","):
+            if name.lower() not in PROVIDER_ALIASES and not name.endswith("ExecutionProvider"):
+                raise ValueError(
+                    f"unknown provider {name!r}: use tensorrt, cuda, cpu or a full provider name"
+                )
+        return joined
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _origins(cls, value: object) -> str:
+        return split_list(value)
+
+    @field_validator("auth_token", "admin_token", "default_model", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _log_level(cls, value: object) -> str:
+        level = str(value).lower()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"log level must be one of {', '.join(LOG_LEVELS)}")
+        return level
+
+    @property
+    def provider_list(self) -> list[str]:
+        """Full ONNX Runtime provider names, in order of preference."""
+        return [PROVIDER_ALIASES.get(name.lower(), name) for name in self.providers.split(",")]
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return self.cors_origins.split(",") if self.cors_origins else []
+
+    @property
+    def max_queue_delay_s(self) -> float:
+        return self.max_queue_delay_ms / 1000.0
