@@ -216,5 +216,6 @@ def ensure_cifar10(root: Path) -> None:
                 image.save(target)
                 counts[name] = counts.get(name, 0) + 1
     except Exception as exc:  # network refused, disk full, ...: say how to get data another way
+        shutil.rmtree(staging, ignore_errors=True)
         raise DataError(f"downloading CIFAR-10 failed ({exc}).\n" + missing_data_message(root)) from exc
     staging.rename(root)

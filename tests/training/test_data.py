@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import CLASSES, write_imagefolder
+from PIL import Image
 
-from training.data import DataError, hold_out, load_split, scan_split
+from training.data import DataError, ensure_cifar10, hold_out, load_split, scan_split
 
 
 def test_classes_come_from_sorted_folder_names(tiny_data: Path) -> None:
@@ -88,3 +89,45 @@ def test_hold_out_makes_disjoint_splits(tiny_data: Path) -> None:
     assert len(train.labels) == 36 and len(val.labels) == 12
     together = np.concatenate([train.images, val.images]).reshape(48, -1)
     assert len(np.unique(together, axis=0)) == 48
+
+
+class FakeCIFAR10:
+    """Stands in for torchvision's CIFAR10: two tiny images per split, or a refused download."""
+
+    classes = ("airplane", "automobile")
+    refuse = False
+
+    def __init__(self, root: str, train: bool, download: bool) -> None:
+        if self.refuse:
+            raise RuntimeError("network unreachable")
+        self.items = [(Image.new("RGB", (32, 32), (i * 90, 0, 0)), i % 2) for i in range(2)]
+
+    def __iter__(self):
+        return iter(self.items)
+
+
+def test_absent_cifar10_is_downloaded_into_the_imagefolder_layout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torchvision.datasets
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", FakeCIFAR10)
+    root = tmp_path / "data" / "cifar10"
+    ensure_cifar10(root)
+    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*.png")) == [
+        "test/airplane/0000.png", "test/automobile/0000.png",
+        "train/airplane/0000.png", "train/automobile/0000.png",
+    ]  # fmt: skip
+
+
+def test_failed_download_explains_how_to_provide_data_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torchvision.datasets
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", type("Refusing", (FakeCIFAR10,), {"refuse": True}))
+    root = tmp_path / "data" / "cifar10"
+    with pytest.raises(DataError, match="network unreachable") as error:
+        ensure_cifar10(root)
+    assert "tar -xzf" in str(error.value)
+    assert not root.exists() and not (tmp_path / "data" / "cifar10.partial").exists()
