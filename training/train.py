@@ -144,7 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda, cuda:N")
     p.add_argument("--amp", action="store_true", help="mixed precision (fp16 on CUDA, bf16 on CPU)")
     p.add_argument(
-        "--no-channels-last", dest="channels_last", action="store_false", help="NCHW memory format"
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="channels-last memory format (faster convolutions on CPU and tensor cores)",
     )
     p.add_argument("--out", type=Path, help="run directory (default: runs/<arch>-<time>)")
     p.add_argument(
