@@ -1,0 +1,214 @@
+"""Paths, the benchmark images and machine facts shared by the scripts of ``bench/``."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+if str(REPO) not in sys.path:  # the scripts run as ``python bench/X.py``
+    sys.path.insert(0, str(REPO))
+
+WORK = BENCH / ".work"  # everything generated (gitignored: /bench/.work/)
+MODELS_DIR = WORK / "models"
+MODEL_NAME = "resnet50-random"
+MODEL_PATH = MODELS_DIR / f"{MODEL_NAME}.onnx"
+STATE_PATH = WORK / f"{MODEL_NAME}.pt"  # the same weights for the PyTorch eager baseline
+IMAGES_DIR = WORK / "images"  # the real JPEG photos the load generator sends
+SIZED_DIR = WORK / "sized"  # 640x480 and 4000x3000 JPEGs for the preprocessing benchmark
+RESULTS_DIR = WORK / "results"
+
+FOOLBOX = "foolbox==3.3.4"
+FOOLBOX_WHEEL = "foolbox-3.3.4-py3-none-any.whl"
+FOOLBOX_IMAGE = re.compile(r"^foolbox/data/imagenet_\d+_\d+\.jpg$")
+JPEG_QUALITY = 90
+SIZES = {"640x480": (640, 480), "4000x3000": (4000, 3000)}
+
+# ImageNet statistics in pixel units (torchvision's Normalize, times 255).
+MEAN = [123.675, 116.28, 103.53]
+STD = [58.395, 57.12, 57.375]
+CROP_SIZE = 224
+RESIZE_SIZE = 256
+
+
+def _foolbox_wheel() -> Path:
+    wheel = WORK / FOOLBOX_WHEEL
+    cached = REPO / "cache" / FOOLBOX_WHEEL  # tests/training/imagenet_samples.py keeps one here
+    if not wheel.is_file() and cached.is_file():
+        return cached
+    if not wheel.is_file():
+        WORK.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "-q", FOOLBOX, "-d", str(WORK)],
+            check=True,
+            timeout=300,
+        )
+    return wheel
+
+
+def _jpeg(image: Any, quality: int = JPEG_QUALITY) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def prepare_images() -> dict[str, Any]:
+    """Write the photos once: foolbox's 20 ImageNet JPEGs, skimage's chelsea and coffee, two sized JPEGs."""
+    from PIL import Image
+
+    IMAGES_DIR.mkdir(parents=True, exist_ok=True)
+    SIZED_DIR.mkdir(parents=True, exist_ok=True)
+    if len(list(IMAGES_DIR.glob("*.jpg"))) < 22:
+        with zipfile.ZipFile(_foolbox_wheel()) as archive:
+            for name in archive.namelist():
+                if FOOLBOX_IMAGE.match(name):
+                    (IMAGES_DIR / Path(name).name).write_bytes(archive.read(name))
+        import skimage.data
+
+        for name in ("chelsea", "coffee"):
+            pixels = getattr(skimage.data, name)()
+            (IMAGES_DIR / f"skimage_{name}.jpg").write_bytes(_jpeg(Image.fromarray(pixels)))
+    # The sized JPEGs come from the coffee photo (600x400), centre-cropped to 4:3 and resized.
+    import skimage.data
+
+    photo = Image.fromarray(skimage.data.coffee())
+    width = photo.height * 4 // 3
+    left = (photo.width - width) // 2
+    photo = photo.crop((left, 0, left + width, photo.height))
+    for label, size in SIZES.items():
+        path = SIZED_DIR / f"coffee_{label}.jpg"
+        if not path.is_file():
+            path.write_bytes(_jpeg(photo.resize(size, Image.Resampling.LANCZOS)))
+    return describe_images()
+
+
+def load_images() -> list[tuple[str, bytes]]:
+    return [(p.name, p.read_bytes()) for p in sorted(IMAGES_DIR.glob("*.jpg"))]
+
+
+def describe_images() -> dict[str, Any]:
+    from PIL import Image
+
+    photos = []
+    for path in sorted(IMAGES_DIR.glob("*.jpg")):
+        with Image.open(path) as image:
+            photos.append({"name": path.name, "size": list(image.size), "bytes": path.stat().st_size})
+    sized = {}
+    for label in SIZES:
+        path = SIZED_DIR / f"coffee_{label}.jpg"
+        sized[label] = {"file": path.name, "bytes": path.stat().st_size}
+    return {"photos": photos, "sized": sized}
+
+
+PACKAGES = {
+    "onnxruntime": "onnxruntime-gpu",
+    "torch": "torch",
+    "torchvision": "torchvision",
+    "numpy": "numpy",
+    "pillow": "pillow",
+    "fastapi": "fastapi",
+    "uvicorn": "uvicorn",
+    "httpx": "httpx",
+}
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    model = platform.processor() or "unknown"
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                model = line.split(":", 1)[1].strip()
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    try:
+        mem_kb = int(Path("/proc/meminfo").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        mem_kb = 0
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions: dict[str, str | None] = {}
+    for name, package in PACKAGES.items():
+        try:
+            versions[name] = version(package)
+        except PackageNotFoundError:
+            versions[name] = None
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "memory_gib": round(mem_kb / 2**20, 1),
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "versions": versions,
+        "load_average": os.getloadavg(),
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def cpu_totals() -> tuple[int, int]:
+    """(all, steal) CPU ticks of the machine so far, from /proc/stat (zeros where there is none)."""
+    try:
+        values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+    except (OSError, ValueError, IndexError):
+        return 0, 0
+    return sum(values), values[7]
+
+
+def steal_pct(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """Share of CPU time the hypervisor gave to other guests between two ``cpu_totals`` readings."""
+    total = after[0] - before[0]
+    return round(100.0 * (after[1] - before[1]) / total, 1) if total else 0.0
+
+
+def percentile(values: list[float], q: float) -> float:
+    """``q``-th percentile (0-100) with linear interpolation, as numpy's default."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100.0
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def median(values: list[float]) -> float:
+    return percentile(values, 50.0)
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def disable_ort_spinning() -> None:
+    """Make every ONNX Runtime session created from now on in this process stop spin-waiting.
+
+    An experiment hook (``raw_ort.py --no-spin``): ONNX Runtime's intra-op
+    threads busy-wait for the next parallel section by default, which on 2 cores takes CPU from the
+    service's event loop and preprocessing threads between session runs.
+    """
+    import onnxruntime as ort
+
+    original = ort.SessionOptions
+    if getattr(original, "_bench_no_spin", False):
+        return
+
+    def options() -> Any:
+        made = original()
+        made.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        made.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        return made
+
+    options._bench_no_spin = True  # type: ignore[attr-defined]
+    ort.SessionOptions = options  # type: ignore[misc]
