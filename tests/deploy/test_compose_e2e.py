@@ -23,19 +23,17 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
 
 import pytest
+from contract_models import CIFAR10_LABELS, cifar_like_model, publish
 
 httpx = pytest.importorskip("httpx")
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).parent
-sys.path.insert(0, str(HERE))
-import tiny_model  # noqa: E402
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(3600)]
 
@@ -138,7 +136,7 @@ def stack(tmp_path_factory):
     if DEFAULT_MODEL.exists():
         shutil.copy(DEFAULT_MODEL, models / DEFAULT_MODEL.name)
     else:
-        tiny_model.cifar_like_model(models / "tiny-cifar10.onnx")
+        publish(models / "tiny-cifar10.onnx", cifar_like_model())
     for f in models.iterdir():
         f.chmod(0o644)  # the service runs as an unprivileged user
     model_name = next(models.glob("*.onnx")).stem
@@ -213,7 +211,7 @@ def test_stack_serves_counts_and_is_scraped(stack):
     assert body["crops"] == 10
     preds = body["predictions"]
     assert len(preds) == 5
-    assert all(p["label"] in tiny_model.CIFAR10_LABELS for p in preds)
+    assert all(p["label"] in CIFAR10_LABELS for p in preds)
     assert preds == sorted(preds, key=lambda p: -p["probability"])
     if stack["model"] == "resnet20-cifar10":
         assert preds[0]["label"] == "cat"

@@ -3,7 +3,7 @@
 and the timings.
 
 The browser tests start `python -m service` on a free loopback port with tiny contract-conforming models
-(tests/deploy/tiny_model.py): "colour" labels a photo by its dominant colour, so a mostly-blue photo must
+(tests/contract_models.py): "colour" labels a photo by its dominant colour, so a mostly-blue photo must
 come out "blue". When the shipped model (models/resnet20-cifar10.onnx) exists it is served too, and the cat
 photo must come out "cat".
 """
@@ -21,13 +21,12 @@ import time
 from pathlib import Path
 
 import pytest
+from contract_models import colour_model, publish
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "deploy" / "fixtures"
 INDEX = ROOT / "service" / "static" / "index.html"
 SHIPPED_MODEL = ROOT / "models" / "resnet20-cifar10.onnx"
-sys.path.insert(0, str(ROOT / "tests" / "deploy"))
-import tiny_model  # noqa: E402
 
 httpx = pytest.importorskip("httpx")
 
@@ -85,7 +84,7 @@ def server(tmp_path_factory):
     if reason:
         pytest.skip(reason)
     models = tmp_path_factory.mktemp("models")
-    tiny_model.colour_model(models / "colour.onnx")
+    publish(models / "colour.onnx", colour_model(crop=32, resize=36, scale=8.0))
     if SHIPPED_MODEL.exists():
         shutil.copy(SHIPPED_MODEL, models / SHIPPED_MODEL.name)
     port = _free_port()

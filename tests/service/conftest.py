@@ -11,7 +11,8 @@ import pytest
 # Starlette nags about its httpx-based TestClient when it is imported; the tests use it on purpose.
 warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient` is deprecated")
 
-from svc_testkit import colour_model, make_settings, publish, running_client  # noqa: E402
+from contract_models import colour_model, publish  # noqa: E402
+from svc_testkit import make_settings, running_client  # noqa: E402
 
 
 @pytest.fixture(scope="module")

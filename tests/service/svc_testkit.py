@@ -1,10 +1,11 @@
-"""Helpers for the service tests: tiny ONNX models, images, settings, a live server, a gated session."""
+"""Helpers for the service tests: images, settings, a live server, a gated session.
+
+The tiny ONNX models they serve are in ``tests/contract_models.py``.
+"""
 
 from __future__ import annotations
 
 import io
-import json
-import os
 import socket
 import struct
 import threading
@@ -16,84 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
 from service.app import create_app
 from service.settings import Settings
-
-COLORS = ("red", "green", "blue")
-CROP, RESIZE = 8, 10
-
-
-def colour_model(
-    labels: Iterable[str] = COLORS,
-    *,
-    crop: int = CROP,
-    resize: int = RESIZE,
-    version: str = "20250101T000000Z",
-    overrides: dict[str, str] | None = None,
-    drop: Iterable[str] = (),
-    scale: float = 10.0,
-) -> onnx.ModelProto:
-    """A contract-following model whose logit c is ``scale * mean(channel c) / 255``.
-
-    With the default labels it predicts the dominant colour of the image: red, green or blue.
-    Extra labels get a zero logit.
-    """
-    labels = list(labels)
-    weights = np.zeros((3, len(labels)), dtype=np.float32)
-    for c in range(min(3, len(labels))):
-        weights[c, c] = scale / 255.0
-    graph = helper.make_graph(
-        [
-            helper.make_node("Cast", ["image"], ["pixels"], to=TensorProto.FLOAT),
-            helper.make_node("ReduceMean", ["pixels"], ["mean"], axes=[1, 2], keepdims=0),
-            helper.make_node("MatMul", ["mean", "weights"], ["logits"]),
-        ],
-        "colour",
-        [helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", crop, crop, 3])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", len(labels)])],
-        [numpy_helper.from_array(weights, "weights")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    props = {
-        "schema_version": "1",
-        "labels": json.dumps(labels),
-        "crop_size": str(crop),
-        "resize_size": str(resize),
-        "arch": "colour-test",
-        "dataset": "synthetic",
-        "test_error_1crop": "0.25",
-        "test_error_10crop": "null",
-        "created": "2025-01-01T00:00:00Z",
-        "checkpoint_sha256": "0" * 64,
-        "version": version,
-    }
-    props.update(overrides or {})
-    for key in drop:
-        props.pop(key, None)
-    for key, value in props.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
-    return model
-
-
-def publish(path: Path, content: onnx.ModelProto | bytes) -> Path:
-    """Write like the exporter: a temporary file in the same directory, fsync, rename over the target."""
-    data = content if isinstance(content, bytes) else content.SerializeToString()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
 
 
 def image_bytes(

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from contract_models import colour_model, publish
 from fastapi.testclient import TestClient
-from svc_testkit import colour_model, image_bytes, make_settings, publish, running_client
+from svc_testkit import image_bytes, make_settings, running_client
 
 RED, GREEN, BLUE = (230, 20, 10), (15, 220, 30), (20, 40, 240)
 

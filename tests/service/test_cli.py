@@ -9,7 +9,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from svc_testkit import colour_model, free_port, image_bytes, publish, wait_until
+from contract_models import colour_model, publish
+from svc_testkit import free_port, image_bytes, wait_until
 
 from service.__main__ import main, parse_settings
 

@@ -10,15 +10,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+from contract_models import colour_model, publish
 from fastapi.testclient import TestClient
 from svc_testkit import (
     LiveServer,
-    colour_model,
     declared_size_png,
     gate_model,
     image_bytes,
     make_settings,
-    publish,
     running_client,
     wait_ready,
     wait_until,

@@ -9,14 +9,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from contract_models import colour_model, publish
 from svc_testkit import (
     LiveServer,
-    colour_model,
     gate_model,
     image_bytes,
     make_settings,
     metric_value,
-    publish,
     wait_ready,
     wait_until,
 )

@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 import pytest
-from svc_testkit import COLORS, colour_model, publish
+from contract_models import COLORS, colour_model, publish
 
 from service import runtime
 from service.model_metadata import InvalidModelError, read_model_metadata

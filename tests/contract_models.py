@@ -1,0 +1,123 @@
+"""Tiny ONNX models that follow the model contract (models/README.md), for tests that need a served model
+without a trained ResNet. Shared by the service, page and deployment tests (``tests`` is on pytest's path).
+
+Every model here computes ``logits = mean_rgb(image) @ weights``. ``colour_model`` answers the dominant
+colour of a photo (a mostly-blue photo is labelled "blue"); ``cifar_like_model`` has the ten CIFAR-10 labels
+and fixed pseudo-random weights: a stand-in with the shipped model's shape.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+COLORS = ("red", "green", "blue")
+CIFAR10_LABELS = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def mean_rgb_model(
+    labels: Iterable[str],
+    weights: np.ndarray,
+    *,
+    crop: int,
+    resize: int,
+    arch: str,
+    version: str = "20250101T000000Z",
+    overrides: dict[str, str] | None = None,
+    drop: Iterable[str] = (),
+) -> onnx.ModelProto:
+    """``logits = mean_rgb(image) @ weights`` (Cast -> ReduceMean over H, W -> MatMul) with contract metadata.
+
+    ``overrides`` replaces metadata values and ``drop`` removes keys, for tests of the service's refusals.
+    """
+    labels = list(labels)
+    weights = np.asarray(weights, dtype=np.float32)
+    if weights.shape != (3, len(labels)):
+        raise ValueError(f"weights must be [3, {len(labels)}], got {list(weights.shape)}")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Cast", ["image"], ["pixels"], to=TensorProto.FLOAT),
+            # opset 17: ReduceMean takes its axes as an attribute
+            helper.make_node("ReduceMean", ["pixels"], ["mean"], axes=[1, 2], keepdims=0),
+            helper.make_node("MatMul", ["mean", "weights"], ["logits"]),
+        ],
+        arch,
+        [helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", crop, crop, 3])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", len(labels)])],
+        [numpy_helper.from_array(weights, "weights")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    props = {
+        "schema_version": "1",
+        "labels": json.dumps(labels),
+        "crop_size": str(crop),
+        "resize_size": str(resize),
+        "arch": arch,
+        "dataset": "synthetic",
+        "test_error_1crop": "0.25",
+        "test_error_10crop": "null",
+        "created": "2025-01-01T00:00:00Z",
+        "checkpoint_sha256": "0" * 64,
+        "version": version,
+    }
+    props.update(overrides or {})
+    for key in drop:
+        props.pop(key, None)
+    helper.set_model_props(model, props)
+    onnx.checker.check_model(model)
+    return model
+
+
+def colour_model(
+    labels: Iterable[str] = COLORS,
+    *,
+    crop: int = 8,
+    resize: int = 10,
+    scale: float = 10.0,
+    version: str = "20250101T000000Z",
+    overrides: dict[str, str] | None = None,
+    drop: Iterable[str] = (),
+) -> onnx.ModelProto:
+    """Logit c is ``scale * mean(channel c) / 255``: with the default labels, the dominant colour.
+
+    Extra labels get a zero logit.
+    """
+    labels = list(labels)
+    weights = np.zeros((3, len(labels)), dtype=np.float32)
+    for c in range(min(3, len(labels))):
+        weights[c, c] = scale / 255.0
+    return mean_rgb_model(
+        labels,
+        weights,
+        crop=crop,
+        resize=resize,
+        arch="colour-test",
+        version=version,
+        overrides=overrides,
+        drop=drop,
+    )
+
+
+def cifar_like_model(crop: int = 32, resize: int = 36, seed: int = 0) -> onnx.ModelProto:
+    """Ten CIFAR-10 labels, seeded random weights: the shipped model's interface at a fraction of its size."""
+    weights = np.random.default_rng(seed).normal(0.0, 0.02, size=(3, len(CIFAR10_LABELS)))
+    return mean_rgb_model(CIFAR10_LABELS, weights, crop=crop, resize=resize, arch="tiny-cifar")
+
+
+def publish(path: Path, content: onnx.ModelProto | bytes) -> Path:
+    """Write like the exporter: a temporary file in the same directory, fsync, rename over the target."""
+    data = content if isinstance(content, bytes) else content.SerializeToString()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
