@@ -139,12 +139,14 @@ def browser(server):
 
 
 def _open(browser, server, model: str, crops: int):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
     browser.get(server + "/")
-    wait = WebDriverWait(browser, 30)
+    # The page rebuilds the model list when /models answers: an option read mid-rebuild is stale, so retry.
+    wait = WebDriverWait(browser, 30, ignored_exceptions=(StaleElementReferenceException,))
     options = (By.CSS_SELECTOR, "#model option")
     wait.until(lambda d: model in [o.get_attribute("value") for o in d.find_elements(*options)])
     Select(browser.find_element(By.ID, "model")).select_by_value(model)
