@@ -21,10 +21,11 @@ def plot_errors(history: list[dict[str, Any]], target: Path, title: str) -> None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    iterations = [r["iteration"] for r in history]
+    epochs = [r for r in history if "train_error" in r]  # not the "final" record of a run extended later
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    ax.plot(iterations, [100 * r["train_error"] for r in history], lw=1, label="training error")
-    tested = [r for r in history if r.get("test_error") is not None]
+    train_errors = [100 * r["train_error"] for r in epochs]
+    ax.plot([r["iteration"] for r in epochs], train_errors, lw=1, label="training error")
+    tested = [r for r in epochs if r.get("test_error") is not None]
     ax.plot(
         [r["iteration"] for r in tested], [100 * r["test_error"] for r in tested], lw=2.5, label="test error"
     )

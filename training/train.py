@@ -71,6 +71,7 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = False
     channels_last: bool = True
+    compile: bool = False
     seed: int = 0
     limit_train: int | None = None
     limit_test: int | None = None
@@ -149,6 +150,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="channels-last memory format (faster convolutions on CPU and tensor cores)",
     )
+    p.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="compile the training step with torch.compile (about 15%% faster for resnet20 on a 2-core CPU, "
+        "after a minute of compiling); on --resume it overrides the run's setting",
+    )
     p.add_argument("--out", type=Path, help="run directory (default: runs/<arch>-<time>)")
     p.add_argument(
         "--resume",
@@ -200,6 +208,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         device=args.device,
         amp=args.amp,
         channels_last=args.channels_last,
+        compile=bool(args.compile),
         seed=args.seed,
         limit_train=args.limit_train,
         limit_test=args.limit_test,
@@ -319,6 +328,8 @@ class Trainer:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
         self.ddp = distributed.wrap(model, device)
+        # Only the training forward is compiled: evaluation, checkpoints and export use the plain modules.
+        self.train_forward = torch.compile(self.ddp) if config.compile else self.ddp
         self.optimizer = torch.optim.SGD(
             model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
         )
@@ -424,7 +435,7 @@ class Trainer:
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:
         x = self.augment(images)
         with self.autocast():
-            logits = self.ddp(x)
+            logits = self.train_forward(x)
             loss = F.cross_entropy(logits, labels)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -590,6 +601,8 @@ def main(argv: list[str] | None = None) -> int:
         if checkpoint and (args.epochs or args.iterations):  # e.g. shorten a run that will not finish in time
             log.info("resuming with a new budget: epochs=%s iterations=%s", args.epochs, args.iterations)
             config.epochs, config.iterations = args.epochs, args.iterations
+        if checkpoint and args.compile is not None:  # a speed setting, not part of the recipe
+            config.compile = args.compile
         out = args.out or (
             args.resume.parent
             if args.resume
