@@ -71,6 +71,15 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(
     assert all(torch.equal(expected[k], resumed[k]) for k in expected)
 
 
+def test_a_finished_run_can_be_extended_with_a_larger_budget(train_args: list[str], tmp_path: Path) -> None:
+    assert train.main([*train_args, "--iterations", "4"]) == 0
+    last = tmp_path / "run" / "last.pt"
+    assert train.main(["--resume", str(last), "--iterations", "8", "--no-progress"]) == 0
+    history = load_checkpoint(last)["history"]
+    assert [r["iteration"] for r in history if "final" in r] == [4, 8]
+    assert (tmp_path / "run" / "errors.png").stat().st_size > 0
+
+
 @pytest.mark.slow
 def test_compiled_training_trains_the_same_network_and_resumes_without_compiling(
     train_args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
