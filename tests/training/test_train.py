@@ -44,6 +44,21 @@ def _state(path: Path) -> dict[str, torch.Tensor]:
     return load_checkpoint(path)["model"]
 
 
+def _interrupted_run(args: list[str], at_iteration: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run ``train.main(args)`` with a SIGTERM delivered right after iteration ``at_iteration``."""
+    step = train.Trainer.train_step
+
+    def step_then_terminate(self: train.Trainer, images: torch.Tensor, labels: torch.Tensor):
+        result = step(self, images, labels)
+        if self.iteration == at_iteration:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return result
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train.Trainer, "train_step", step_then_terminate)
+        assert train.main(args) == 128 + signal.SIGTERM
+
+
 def test_resume_after_interruption_equals_an_uninterrupted_run(
     train_args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -51,19 +66,9 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(
     straight = tmp_path / "straight"
     assert train.main([*train_args, *budget, "--out", str(straight)]) == 0
 
-    step = train.Trainer.train_step
-
-    def step_then_terminate(self: train.Trainer, images: torch.Tensor, labels: torch.Tensor):
-        result = step(self, images, labels)
-        if self.iteration == 5:  # mid-epoch (4 iterations per epoch)
-            os.kill(os.getpid(), signal.SIGTERM)
-        return result
-
-    monkeypatch.setattr(train.Trainer, "train_step", step_then_terminate)
     interrupted = tmp_path / "interrupted"
-    assert train.main([*train_args, *budget, "--out", str(interrupted)]) == 128 + signal.SIGTERM
+    _interrupted_run([*train_args, *budget, "--out", str(interrupted)], 5, monkeypatch)  # mid-epoch (4/epoch)
     assert load_checkpoint(interrupted / "last.pt")["iteration"] == 5
-    monkeypatch.setattr(train.Trainer, "train_step", step)
     assert train.main(["--resume", str(interrupted / "last.pt"), "--no-progress"]) == 0
 
     expected, resumed = _state(straight / "last.pt"), _state(interrupted / "last.pt")
@@ -88,19 +93,8 @@ def test_compiled_training_trains_the_same_network_and_resumes_without_compiling
     eager, compiled = tmp_path / "eager", tmp_path / "compiled"
     assert train.main([*train_args, *budget, "--out", str(eager)]) == 0
 
-    step = train.Trainer.train_step
-
-    def step_then_terminate(self: train.Trainer, images: torch.Tensor, labels: torch.Tensor):
-        result = step(self, images, labels)
-        if self.iteration == 4:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return result
-
-    monkeypatch.setattr(train.Trainer, "train_step", step_then_terminate)
-    code = train.main([*train_args, *budget, "--compile", "--out", str(compiled)])
-    assert code == 128 + signal.SIGTERM
+    _interrupted_run([*train_args, *budget, "--compile", "--out", str(compiled)], 4, monkeypatch)
     assert load_checkpoint(compiled / "last.pt")["config"]["compile"] is True
-    monkeypatch.setattr(train.Trainer, "train_step", step)
     # The rest of the run on the plain modules: a checkpoint does not depend on how it was trained.
     assert train.main(["--resume", str(compiled / "last.pt"), "--no-compile", "--no-progress"]) == 0
     assert load_checkpoint(compiled / "last.pt")["config"]["compile"] is False
