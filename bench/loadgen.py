@@ -7,6 +7,10 @@ Throughput is the successful answers completed inside the window divided by its 
 percentiles are over those same answers. After the window no new request starts and the ones in flight
 are awaited (not counted), so the server is idle when the next phase starts.
 
+``--honour-retry-after CAP`` makes each client behave like a well-behaved one under overload: after a 503
+carrying ``Retry-After`` it sleeps that many seconds (at most CAP) before its next request. The summary
+counts the answers per status, the 503s that carried ``Retry-After``, and latency percentiles per status.
+
 Writes a JSON summary (``--out``) with the per-request records, and prints one line.
 """
 
@@ -38,10 +42,13 @@ async def client(
     start_at: float,
     stop_at: float,
     records: list[dict],
+    honour_retry_after: float = 0.0,
+    stop: asyncio.Event | None = None,
 ) -> None:
+    """One closed-loop client until ``stop_at`` (or ``stop`` is set); ``honour_retry_after``: sleep cap."""
     await asyncio.sleep(max(0.0, start_at - time.perf_counter()))
     i = worker
-    while time.perf_counter() < stop_at:
+    while time.perf_counter() < stop_at and not (stop is not None and stop.is_set()):
         name, data = images[i % len(images)]
         i += 1
         started = time.perf_counter()
@@ -55,11 +62,19 @@ async def client(
                     record["timings"] = {k: timings[k] for k in TIMING_KEYS if k in timings}
             else:
                 record["error"] = response.text[:300]
+                if "retry-after" in response.headers:
+                    record["retry_after"] = response.headers["retry-after"]
         except httpx.HTTPError as exc:
             record["status"] = 0
             record["error"] = f"{type(exc).__name__}: {exc}"
         record["end"] = time.perf_counter()
         records.append(record)
+        if honour_retry_after > 0 and record["status"] == 503 and "retry_after" in record:
+            try:
+                pause = min(honour_retry_after, max(0.0, float(record["retry_after"])))
+            except ValueError:  # an HTTP date: not sent by this service; wait the cap
+                pause = honour_retry_after
+            await asyncio.sleep(min(pause, max(0.0, stop_at - time.perf_counter())))
 
 
 async def run(args: argparse.Namespace) -> dict:
@@ -90,6 +105,7 @@ async def run(args: argparse.Namespace) -> dict:
                     begin + ramp * w / args.concurrency,
                     window_end,
                     records,
+                    args.honour_retry_after,
                 )
             )
             for w in range(args.concurrency)
@@ -127,6 +143,11 @@ async def run(args: argparse.Namespace) -> dict:
     ]
     if beyond:  # client latency minus the session run of the request's own batch, per request
         server["beyond_inference_ms_p50"] = round(median(beyond), 2)
+    statuses: dict[str, int] = {}
+    by_status: dict[int, list[float]] = {}
+    for r in window:
+        statuses[str(r["status"])] = statuses.get(str(r["status"]), 0) + 1
+        by_status.setdefault(r["status"], []).append((r["end"] - r["start"]) * 1000)
     summary = {
         "url": args.url,
         "concurrency": args.concurrency,
@@ -151,6 +172,17 @@ async def run(args: argparse.Namespace) -> dict:
             "max": round(max(latencies), 1) if latencies else None,
         },
         "server_timings": server,
+        "statuses": statuses,
+        "retry_after_503": sum(1 for r in window if r["status"] == 503 and "retry_after" in r),
+        "honour_retry_after_s": args.honour_retry_after,
+        "latency_ms_by_status": {
+            str(status): {
+                "n": len(values),
+                "p50": round(percentile(values, 50), 1),
+                "p99": round(percentile(values, 99), 1),
+            }
+            for status, values in sorted(by_status.items())
+        },
         "loadgen_cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
         "records": [
             {
@@ -179,6 +211,13 @@ def main() -> int:
     )
     parser.add_argument("--timeout", type=float, default=600.0, help="per-request client timeout")
     parser.add_argument("--images", type=int, default=0, help="use only the first N photos (0: all)")
+    parser.add_argument(
+        "--honour-retry-after",
+        type=float,
+        default=0.0,
+        metavar="CAP",
+        help="after a 503 with Retry-After, sleep that many seconds (at most CAP) first (0: never)",
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     summary = asyncio.run(run(args))

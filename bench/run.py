@@ -97,14 +97,22 @@ def run_step(args: list[str], out: Path) -> dict:
 class Server:
     """A server subprocess that is up once ``/readyz`` answers 200."""
 
-    def __init__(self, name: str, command: list[str], env: dict[str, str], port: int, log_path: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        command: list[str],
+        env: dict[str, str],
+        port: int,
+        log_path: Path,
+        cwd: Path = REPO,
+    ) -> None:
         self.name, self.port, self.log_path = name, port, log_path
         self.url = f"http://127.0.0.1:{port}"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = log_path.open("w")
         log(f"starting {name}: {' '.join(command)}")
         self.proc = subprocess.Popen(
-            command, cwd=REPO, env={**os.environ, **env}, stdout=self._log, stderr=subprocess.STDOUT
+            command, cwd=cwd, env={**os.environ, **env}, stdout=self._log, stderr=subprocess.STDOUT
         )
 
     def wait_ready(self, timeout: float = 300.0) -> float:
@@ -120,18 +128,27 @@ class Server:
             time.sleep(0.5)
         raise RuntimeError(f"{self.name} not ready after {timeout:.0f} s; see {self.log_path}")
 
-    def stop(self) -> None:
+    def stop(self, sig: signal.Signals = signal.SIGINT, timeout: float = 30.0) -> None:
+        """Ask the server to stop with ``sig``; SIGKILL if it is still there after ``timeout`` s."""
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
+            self.proc.send_signal(sig)
             try:
-                self.proc.wait(30)
+                self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
         self._log.close()
 
 
-def load(server: Server, concurrency: int, durations: dict, out: Path, model: str | None) -> dict:
+def load(
+    server: Server,
+    concurrency: int,
+    durations: dict,
+    out: Path,
+    model: str | None,
+    extra: list[str] | None = None,
+) -> dict:
+    """Run ``loadgen.py`` against ``server`` (``extra``: more loadgen options); its summary, no records."""
     warmup, duration = durations[concurrency]
     command = [
         PY, "bench/loadgen.py", "--url", server.url, "--concurrency", str(concurrency), "--crops", "10",
@@ -139,6 +156,7 @@ def load(server: Server, concurrency: int, durations: dict, out: Path, model: st
     ]  # fmt: skip
     if model:
         command += ["--model", model]
+    command += extra or []
     cpu_before, t_before, stat_before = cpu_seconds(server.proc.pid), time.perf_counter(), cpu_totals()
     log(f"load {server.name} c={concurrency} ({warmup:g} s warm-up + {duration:g} s)")
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
@@ -390,13 +408,14 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def write_readme(text: str) -> None:
-    content = README.read_text() if README.is_file() else f"# Benchmarks\n\n{START}\n{END}\n"
-    if START not in content:
-        content += f"\n{START}\n{END}\n"
-    head, rest = content.split(START, 1)
-    tail = rest.split(END, 1)[1] if END in rest else ""
-    README.write_text(f"{head}{START}\n{text}\n{END}{tail}")
+def write_readme(text: str, start: str = START, end: str = END) -> None:
+    """Replace what is between the ``start`` and ``end`` markers of ``bench/README.md`` with ``text``."""
+    content = README.read_text() if README.is_file() else f"# Benchmarks\n\n{start}\n{end}\n"
+    if start not in content:
+        content += f"\n{start}\n{end}\n"
+    head, rest = content.split(start, 1)
+    tail = rest.split(end, 1)[1] if end in rest else ""
+    README.write_text(f"{head}{start}\n{text}\n{end}{tail}")
 
 
 def main() -> int:

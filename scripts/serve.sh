@@ -14,4 +14,6 @@ if [[ ! -f models/resnet50-imagenet.onnx && ${SERVE_SKIP_IMPORT:-0} != 1 ]] && c
 else
   setup_env service
 fi
+# glibc gives image-sized buffers back to the kernel after a burst (service/allocator.py).
+export MALLOC_MMAP_THRESHOLD_=${MALLOC_MMAP_THRESHOLD_:-1048576}
 exec python -m service "$@"

@@ -12,9 +12,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-import uvicorn
 from pydantic import ValidationError
 
+from service.allocator import fix_mmap_threshold
 from service.settings import Settings
 
 SECRET_FIELDS = frozenset({"auth_token", "admin_token"})
@@ -63,18 +63,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"invalid settings:\n{exc}", file=sys.stderr)
         return 2
+    fix_mmap_threshold()  # before the first large allocation: see service/allocator.py
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     from service.app import create_app  # after logging is configured
+    from service.server import serve
 
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        proxy_headers=True,
-    )
+    app = create_app(settings)
+    serve(app, settings, app.state.service.metrics)
     return 0
 
 

@@ -10,7 +10,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from service import __version__
 from service.http_errors import install_error_handlers
-from service.middleware import BodyLimitMiddleware, MetricsMiddleware
+from service.middleware import BodyLimitMiddleware, MetricsMiddleware, UploadBudget
 from service.routers import admin, classify, health, metrics, models, v2
 from service.settings import Settings
 from service.state import ServiceState
@@ -56,7 +56,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ui.router)
 
     # Added last = outermost: metrics see every answer, CORS headers reach the 413s too.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_upload_bytes,
+        budget=UploadBudget(settings.max_upload_bytes_in_flight),
+        retry_after_s=settings.retry_after_s,
+    )
     if settings.cors_origin_list:
         app.add_middleware(
             CORSMiddleware,

@@ -3,6 +3,11 @@
 A batch closes when it holds ``max_batch_size`` rows or when its oldest request has waited
 ``max_queue_delay_s``; meanwhile the previous batch runs, so under load batches fill up by
 themselves. The queue is bounded: a full queue raises :class:`Overloaded` (HTTP 503) at once.
+
+Admission knows the deadline: :meth:`DynamicBatcher.reserve` estimates how long rows would wait from
+the rows ahead of them and the recently measured session time per row, and refuses at once (503
+with a ``Retry-After`` from that estimate) what could not be answered in time, instead of queueing
+it for a late timeout. Rows are reserved before their image is decoded, so decoding counts too.
 The batcher knows nothing of HTTP or ONNX: it takes any blocking ``infer(rows) -> outputs``.
 """
 
@@ -10,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -49,7 +55,23 @@ class _Item:
     enqueued: float = field(default_factory=time.perf_counter)
 
 
+class Reservation:
+    """Rows admitted by :meth:`DynamicBatcher.reserve` and not queued yet; released exactly once."""
+
+    def __init__(self, batcher: DynamicBatcher, rows: int) -> None:
+        self._batcher: DynamicBatcher | None = batcher
+        self.rows = rows
+
+    def release(self) -> None:
+        """Stop counting these rows (they were queued, or will never be); later calls do nothing."""
+        if self._batcher is not None:
+            self._batcher._unreserve(self.rows)
+            self._batcher = None
+
+
 _STOP = object()
+# Weight of the newest batch in the moving average of seconds per row.
+RATE_SMOOTHING = 0.3
 
 
 class DynamicBatcher:
@@ -65,6 +87,7 @@ class DynamicBatcher:
         executor: Executor | None = None,
         observer: BatchObserver | None = None,
         name: str = "model",
+        seconds_per_row: float | None = None,
     ) -> None:
         self._infer = infer
         self.max_batch_size = max_batch_size
@@ -76,18 +99,60 @@ class DynamicBatcher:
         self._carry: _Item | None = None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self.seconds_per_row = seconds_per_row  # moving average of the session time per row
+        self._rows_reserved = 0  # admitted, still decoding
+        self._rows_waiting = 0  # in the queue (or carried to the next batch)
+        self._rows_running = 0  # in the session run now
 
     @property
     def depth(self) -> int:
         """Requests waiting for a batch."""
         return self._queue.qsize() + (self._carry is not None)
 
+    @property
+    def rows_ahead(self) -> int:
+        """Rows admitted and not answered yet: decoding, queued or running."""
+        return self._rows_reserved + self._rows_waiting + self._rows_running
+
+    def expected_wait_s(self, rows: int) -> float | None:
+        """Seconds until ``rows`` more would be answered at the measured rate (None: not measured yet)."""
+        if self.seconds_per_row is None:
+            return None
+        return (self.rows_ahead + rows) * self.seconds_per_row
+
+    def reserve(self, rows: int, budget_s: float) -> Reservation:
+        """Admit ``rows`` that must be answered within ``budget_s``, or raise :class:`Overloaded` at once.
+
+        The error's ``retry_after`` is how long the work already admitted needs to shrink enough.
+        The reservation is handed to :meth:`submit`, or released when its rows will never come.
+        """
+        if self._closed or self._task is None:
+            raise Overloaded(f"model {self._name} is being unloaded")
+        wait = self.expected_wait_s(rows)
+        if wait is not None and wait > budget_s:
+            retry_after = max(1, math.ceil(wait - budget_s))
+            raise Overloaded(
+                f"model {self._name} cannot answer within {budget_s:.3g} s: about {wait:.3g} s of work "
+                f"is ahead of this request; retry after {retry_after} s",
+                retry_after=retry_after,
+            )
+        self._rows_reserved += rows
+        return Reservation(self, rows)
+
+    def _unreserve(self, rows: int) -> None:
+        self._rows_reserved -= rows
+
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._worker(), name=f"batcher-{self._name}")
 
-    async def submit(self, rows: np.ndarray) -> BatchResult:
-        """Queue ``rows`` (one request's crops) and wait for their outputs."""
+    async def submit(self, rows: np.ndarray, reservation: Reservation | None = None) -> BatchResult:
+        """Queue ``rows`` (one request's crops) and wait for their outputs.
+
+        ``reservation``: what :meth:`reserve` admitted this request with; the queue counts the rows now.
+        """
+        if reservation is not None:
+            reservation.release()
         if self._closed or self._task is None:
             raise Overloaded(f"model {self._name} is being unloaded")
         item = _Item(rows, asyncio.get_running_loop().create_future())
@@ -95,6 +160,7 @@ class DynamicBatcher:
             self._queue.put_nowait(item)
         except asyncio.QueueFull:
             raise Overloaded(f"queue of model {self._name} is full; retry shortly") from None
+        self._rows_waiting += len(rows)
         self._report_depth()
         return await item.future
 
@@ -141,10 +207,12 @@ class DynamicBatcher:
                 return batch, True
             assert isinstance(item, _Item)
             if item.future.done():  # cancelled by a timeout while it waited
+                self._rows_waiting -= len(item.rows)
                 continue
             if batch and rows + len(item.rows) > self.max_batch_size:
                 self._carry = item
                 break
+            self._rows_waiting -= len(item.rows)
             batch.append(item)
             rows += len(item.rows)
             if deadline is None:
@@ -160,6 +228,12 @@ class DynamicBatcher:
             if batch:
                 await self._run(loop, batch)
 
+    def _measured(self, seconds_per_row: float) -> None:
+        if self.seconds_per_row is None:
+            self.seconds_per_row = seconds_per_row
+        else:
+            self.seconds_per_row += RATE_SMOOTHING * (seconds_per_row - self.seconds_per_row)
+
     def _infer_parts(self, parts: list[np.ndarray]) -> np.ndarray:
         """Concatenate and run, in the executor thread: the copy stays off the event loop."""
         return self._infer(parts[0] if len(parts) == 1 else np.concatenate(parts))
@@ -167,6 +241,7 @@ class DynamicBatcher:
     async def _run(self, loop: asyncio.AbstractEventLoop, batch: list[_Item]) -> None:
         started = time.perf_counter()
         rows = sum(len(item.rows) for item in batch)
+        self._rows_running = rows
         try:
             outputs = await loop.run_in_executor(self._executor, self._infer_parts, [i.rows for i in batch])
         except Exception:
@@ -175,7 +250,10 @@ class DynamicBatcher:
                 if not item.future.done():
                     item.future.set_exception(InferenceFailed("inference failed; see the service log"))
             return
+        finally:
+            self._rows_running = 0
         inference_s = time.perf_counter() - started
+        self._measured(inference_s / rows)
         waits = [started - item.enqueued for item in batch]
         if self._observer is not None:
             self._observer.batch_done(rows, len(batch), waits, inference_s)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from service.batcher import Reservation
 from service.errors import InferenceFailed, InvalidParameter, Overloaded, RequestTimeout
 from service.metrics import Metrics
 from service.preprocess import CROP_COUNTS, make_crops, preprocess, softmax
@@ -64,8 +65,13 @@ def top_predictions(probabilities: np.ndarray, labels: tuple[str, ...], k: int) 
     return [Prediction(label=labels[i], index=int(i), probability=float(probabilities[i])) for i in order]
 
 
+# Share of the deadline that the batching queue's expected wait may take at admission; the rest
+# covers decoding and the estimate's error, so an admitted request is answered, not timed out.
+ADMISSION_HEADROOM = 0.9
+
+
 class Classifier:
-    """Runs the per-image pipeline under the request timeout and records its metrics."""
+    """Runs the per-image pipeline under the request deadline and records its metrics."""
 
     def __init__(self, settings: Settings, metrics: Metrics, executor: Executor | None) -> None:
         self.settings = settings
@@ -78,7 +84,14 @@ class Classifier:
         """Images waiting for or being decoded right now."""
         return self._decoding
 
-    async def classify_bytes(self, model: LoadedModel, data: bytes, crops: int) -> ImageResult:
+    def deadline_s(self, timeout_s: float | None) -> float:
+        """The time a request may take: the client's ``timeout`` capped by ``SERVE_REQUEST_TIMEOUT_S``."""
+        limit = self.settings.request_timeout_s
+        return limit if timeout_s is None else min(timeout_s, limit)
+
+    async def classify_bytes(
+        self, model: LoadedModel, data: bytes, crops: int, *, timeout_s: float | None = None
+    ) -> ImageResult:
         """Decode ``data``, take ``crops`` (1 or 10) crops and classify them."""
         meta = model.metadata
 
@@ -89,25 +102,39 @@ class Classifier:
                 crop_size=meta.crop_size,
                 crops=crops,
                 max_pixels=self.settings.max_image_pixels,
+                max_resized_pixels=self.settings.max_resized_pixels,
             )
 
-        return await self._timed(model, prepare)
+        return await self._timed(model, prepare, crops, timeout_s)
 
-    async def classify_pixels(self, model: LoadedModel, pixels: np.ndarray, crops: int) -> ImageResult:
+    async def classify_pixels(
+        self, model: LoadedModel, pixels: np.ndarray, crops: int, *, timeout_s: float | None = None
+    ) -> ImageResult:
         """Classify one decoded RGB image ``[H, W, 3]``; a ``crop_size`` square is fed as it is."""
         meta = model.metadata
         if pixels.shape[:2] == (meta.crop_size, meta.crop_size):
-            return await self._timed(model, lambda: np.ascontiguousarray(pixels[None]))
-        return await self._timed(
-            model, lambda: make_crops(Image.fromarray(pixels, "RGB"), meta.resize_size, meta.crop_size, crops)
-        )
+            return await self._timed(model, lambda: np.ascontiguousarray(pixels[None]), 1, timeout_s)
 
-    async def _timed(self, model: LoadedModel, prepare: Callable[[], np.ndarray]) -> ImageResult:
-        timeout = self.settings.request_timeout_s
+        def prepare() -> np.ndarray:
+            image = Image.fromarray(pixels, "RGB")
+            limit = self.settings.max_resized_pixels
+            return make_crops(image, meta.resize_size, meta.crop_size, crops, max_resized_pixels=limit)
+
+        return await self._timed(model, prepare, crops, timeout_s)
+
+    async def _timed(
+        self, model: LoadedModel, prepare: Callable[[], np.ndarray], rows: int, timeout_s: float | None
+    ) -> ImageResult:
+        timeout = self.deadline_s(timeout_s)
+        if model.batcher is None:
+            raise InferenceFailed(f"model {model.name} has no batcher")
+        reservation = model.batcher.reserve(rows, timeout * ADMISSION_HEADROOM)  # 503 now, not 504 later
         try:
-            return await asyncio.wait_for(self._run(model, prepare), timeout)
+            return await asyncio.wait_for(self._run(model, prepare, reservation), timeout)
         except asyncio.TimeoutError:
             raise RequestTimeout(f"no answer within {timeout:g} s; retry later or with crops=1") from None
+        finally:
+            reservation.release()  # a bad image or a timeout before queueing; no-op once queued
 
     async def _prepare(self, prepare: Callable[[], np.ndarray]) -> np.ndarray:
         """Run ``prepare`` in the decode pool; 503 at once when too many images already wait for it."""
@@ -119,14 +146,15 @@ class Classifier:
         finally:
             self._decoding -= 1
 
-    async def _run(self, model: LoadedModel, prepare: Callable[[], np.ndarray]) -> ImageResult:
+    async def _run(
+        self, model: LoadedModel, prepare: Callable[[], np.ndarray], reservation: Reservation
+    ) -> ImageResult:
+        assert model.batcher is not None
         started = time.perf_counter()
         rows = await self._prepare(prepare)
         decoded = time.perf_counter()
         self.metrics.preprocess_duration.labels(model.name).observe(decoded - started)
-        if model.batcher is None:
-            raise InferenceFailed(f"model {model.name} has no batcher")
-        result = await model.batcher.submit(rows)
+        result = await model.batcher.submit(rows, reservation)
         probabilities = softmax(result.outputs).mean(axis=0)
         top = int(np.argmax(probabilities))
         self.metrics.predictions.labels(model.name, model.metadata.labels[top]).inc()

@@ -12,8 +12,9 @@ from http import HTTPStatus
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from service.errors import INTERNAL_MESSAGE, ServiceError
 
@@ -68,6 +69,12 @@ async def validation_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(request.url.path, 422, "invalid_parameter", "; ".join(problems))
 
 
+async def client_gone(request: Request, exc: Exception) -> Response:
+    """The client closed the connection (or was closed for being too slow) before its body arrived."""
+    log.info("%s %s: the client went away before its request was read", request.method, request.url.path)
+    return Response(status_code=400)  # nobody reads it; the connection is gone
+
+
 async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return error_response(request.url.path, 500, "internal_error", INTERNAL_MESSAGE)
@@ -77,5 +84,6 @@ def install_error_handlers(app: FastAPI) -> None:
     """Register the handlers on ``app`` (most specific first is not needed: lookup follows the MRO)."""
     app.add_exception_handler(ServiceError, service_error)
     app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(ClientDisconnect, client_gone)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(Exception, unexpected_error)

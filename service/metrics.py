@@ -51,6 +51,19 @@ class Metrics:
             namespace=NAMESPACE,
             registry=self.registry,
         )
+        self.http_connections_open = Gauge(
+            "http_connections_open",
+            "Client connections open now.",
+            namespace=NAMESPACE,
+            registry=self.registry,
+        )
+        self.http_connections_closed = Counter(
+            "http_connections_closed",
+            "Client connections the server closed: over the connection limit, or too slow to send a request.",
+            ["reason"],
+            namespace=NAMESPACE,
+            registry=self.registry,
+        )
         self.preprocess_duration = Histogram(
             "preprocess_duration_seconds",
             "Decode, resize and crop time per image.",

@@ -1,4 +1,4 @@
-"""Pure ASGI middleware: the upload limit (enforced while reading) and the HTTP metrics."""
+"""Pure ASGI middleware: the upload limits (enforced while reading) and the HTTP metrics."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import PayloadTooLarge
+from service.errors import Overloaded, PayloadTooLarge
 from service.http_errors import error_response
 from service.metrics import Metrics
 
@@ -23,41 +23,82 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
-class BodyLimitMiddleware:
-    """413 for bodies above ``max_bytes``: at once when Content-Length says so, else mid-stream.
+class UploadBudget:
+    """Request-body bytes that all requests in flight hold together, against one limit.
 
-    A body without (or with a lying) Content-Length is counted as it arrives and the read fails
-    with :class:`PayloadTooLarge` as soon as it crosses the limit, so nothing larger is buffered.
+    A body stays in memory until its request is answered, so the bytes are given back only then.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def take(self, size: int) -> bool:
+        if self.used + size > self.limit:
+            return False
+        self.used += size
+        return True
+
+    def give(self, size: int) -> None:
+        self.used -= size
+
+
+class BodyLimitMiddleware:
+    """413 for bodies above ``max_bytes``, 503 when the bodies in flight would exceed ``budget``.
+
+    Both are checked at once when Content-Length is declared, else as the body arrives: a body
+    without (or with a lying) Content-Length fails the read as soon as it crosses a limit, so
+    nothing larger is buffered.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int, budget: UploadBudget, retry_after_s: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.budget = budget
+        self.retry_after_s = retry_after_s
 
-    def _message(self) -> str:
+    def _too_large(self) -> str:
         return f"request body is larger than the upload limit of {self.max_bytes} bytes"
+
+    def _busy(self) -> str:
+        return (
+            f"the uploads in flight hold the service's upload memory budget of {self.budget.limit} bytes; "
+            "retry shortly"
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        path = scope["path"]
         declared = _content_length(scope)
         if declared is not None and declared > self.max_bytes:
-            response = error_response(scope["path"], 413, PayloadTooLarge.code, self._message())
-            await response(scope, receive, send)
+            await error_response(path, 413, PayloadTooLarge.code, self._too_large())(scope, receive, send)
+            return
+        held = declared or 0
+        if not self.budget.take(held):
+            busy = error_response(path, 503, Overloaded.code, self._busy(), retry_after=self.retry_after_s)
+            await busy(scope, receive, send)
             return
         received = 0
 
         async def limited_receive() -> Message:
-            nonlocal received
+            nonlocal received, held
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    raise PayloadTooLarge(self._message())
+                    raise PayloadTooLarge(self._too_large())
+                if received > held:
+                    if not self.budget.take(received - held):
+                        raise Overloaded(self._busy(), retry_after=self.retry_after_s)
+                    held = received
             return message
 
-        await self.app(scope, limited_receive, send)
+        try:
+            await self.app(scope, limited_receive, send)
+        finally:
+            self.budget.give(held)
 
 
 class MetricsMiddleware:

@@ -25,6 +25,10 @@ CROP_COUNTS = (1, 10)
 # JPEGs are decoded at a reduced scale (1/2 .. 1/8) while the shorter side stays at least this many
 # times the resize target, so the final antialiased resize still has real pixels to average.
 DRAFT_FACTOR = 2
+# Pixels an image may have once its shorter side is resized: a thin strip of a few hundred bytes
+# (1x5000) would otherwise become 256x1,280,000 pixels (about 1 GB) at ImageNet's resize size.
+# 4 million is a 61:1 panorama at 256 (about 12 MB an RGB copy) and no limit for ordinary photos.
+DEFAULT_MAX_RESIZED_PIXELS = 4_000_000
 WHITE = (255, 255, 255, 255)
 
 
@@ -81,14 +85,24 @@ def to_rgb(image: Image.Image) -> Image.Image:
         raise InvalidImage(f"unsupported colour mode {mode}: {exc}") from None
 
 
-def decode_image(data: bytes, *, max_pixels: int, draft_size: int | None = None) -> Image.Image:
+def decode_image(
+    data: bytes,
+    *,
+    max_pixels: int,
+    draft_size: int | None = None,
+    resize_check: tuple[int, int] | None = None,
+) -> Image.Image:
     """Decode ``data`` (JPEG, PNG, WebP, BMP, GIF first frame, TIFF) into an upright RGB image.
 
     ``draft_size``: a JPEG may be decoded at 1/2, 1/4 or 1/8 scale while both sides stay at least
-    this large. Raises :class:`InvalidImage` (empty, truncated, corrupt, unknown format) or
-    :class:`ImageTooLarge` (more than ``max_pixels`` declared pixels) with a message for the client.
+    this large. ``resize_check``: ``(resize_size, max_resized_pixels)``, checked on the declared size
+    before any pixel is decoded (see :func:`check_resized_pixels`). Raises :class:`InvalidImage`
+    (empty, truncated, corrupt, unknown format) or :class:`ImageTooLarge` (more than ``max_pixels``
+    declared pixels, or too many once resized) with a message for the client.
     """
     image = _open(data, max_pixels)
+    if resize_check is not None:
+        check_resized_pixels(image.width, image.height, *resize_check)
     if draft_size and image.format in ("JPEG", "MPO"):
         image.draft(None, (draft_size, draft_size))
     try:
@@ -111,6 +125,21 @@ def resized_size(width: int, height: int, size: int) -> tuple[int, int]:
     return int(size * width / height), size
 
 
+def check_resized_pixels(width: int, height: int, resize_size: int, max_pixels: int) -> tuple[int, int]:
+    """The resized (width, height); :class:`ImageTooLarge` when it would exceed ``max_pixels`` pixels.
+
+    Called before anything of that size is allocated, so a tiny upload cannot claim gigabytes.
+    """
+    size = resized_size(width, height, resize_size)
+    if size[0] * size[1] > max_pixels:
+        raise ImageTooLarge(
+            f"image is {width}x{height}: with its shorter side resized to {resize_size} it would be "
+            f"{size[0]}x{size[1]} = {size[0] * size[1]} pixels, above the limit of {max_pixels} "
+            "pixels after resizing; send a less elongated image (crop it first)"
+        )
+    return size
+
+
 def crop_origins(width: int, height: int, crop_size: int) -> list[tuple[int, int]]:
     """(top, left) of the top-left, top-right, bottom-left, bottom-right and centre crops."""
     bottom, right = height - crop_size, width - crop_size
@@ -118,18 +147,26 @@ def crop_origins(width: int, height: int, crop_size: int) -> list[tuple[int, int
     return [(0, 0), (0, right), (bottom, 0), (bottom, right), centre]
 
 
-def make_crops(image: Image.Image, resize_size: int, crop_size: int, crops: int) -> np.ndarray:
+def make_crops(
+    image: Image.Image,
+    resize_size: int,
+    crop_size: int,
+    crops: int,
+    *,
+    max_resized_pixels: int = DEFAULT_MAX_RESIZED_PIXELS,
+) -> np.ndarray:
     """Resize the shorter side to ``resize_size`` and cut ``crops`` (1 or 10) square crops.
 
     Returns uint8 ``[crops, crop_size, crop_size, 3]`` in the order documented in this module.
+    :class:`ImageTooLarge` when the resized image would exceed ``max_resized_pixels``.
     """
     if crops not in CROP_COUNTS:
         raise ValueError(f"crops must be 1 or 10, not {crops}")
     if resize_size < crop_size:
         raise ValueError(f"resize_size {resize_size} is smaller than crop_size {crop_size}")
+    size = check_resized_pixels(image.width, image.height, resize_size, max_resized_pixels)
     if image.mode != "RGB":
         image = to_rgb(image)
-    size = resized_size(image.width, image.height, resize_size)
     if size != image.size:
         image = image.resize(size, Image.Resampling.BILINEAR)
     pixels = np.asarray(image)
@@ -148,10 +185,23 @@ def make_crops(image: Image.Image, resize_size: int, crop_size: int, crops: int)
     return out
 
 
-def preprocess(data: bytes, *, resize_size: int, crop_size: int, crops: int, max_pixels: int) -> np.ndarray:
+def preprocess(
+    data: bytes,
+    *,
+    resize_size: int,
+    crop_size: int,
+    crops: int,
+    max_pixels: int,
+    max_resized_pixels: int = DEFAULT_MAX_RESIZED_PIXELS,
+) -> np.ndarray:
     """Encoded image bytes to model rows exactly as the service does it (decode, draft, crops)."""
-    image = decode_image(data, max_pixels=max_pixels, draft_size=resize_size * DRAFT_FACTOR)
-    return make_crops(image, resize_size, crop_size, crops)
+    image = decode_image(
+        data,
+        max_pixels=max_pixels,
+        draft_size=resize_size * DRAFT_FACTOR,
+        resize_check=(resize_size, max_resized_pixels),
+    )
+    return make_crops(image, resize_size, crop_size, crops, max_resized_pixels=max_resized_pixels)
 
 
 def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from concurrent.futures import Executor
 from contextlib import asynccontextmanager, suppress
@@ -26,7 +27,7 @@ from service.batcher import DynamicBatcher
 from service.errors import ModelNotFound, ServiceUnavailable
 from service.metrics import Metrics
 from service.model_metadata import InvalidModelError, ModelMetadata, read_model_metadata
-from service.runtime import TENSORRT, create_session
+from service.runtime import create_session
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ class LoadedModel:
     output_name: str
     loaded_at: datetime = field(default_factory=_now)
     batcher: DynamicBatcher | None = None
+    seconds_per_row: float | None = None  # measured by the warm-up; admission's first estimate
     users: int = 0
     idle: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -255,13 +257,18 @@ class ModelRegistry:
         return model
 
     def _warm_up(self, model: LoadedModel) -> None:
-        """Run the shapes traffic will use, so the first request is not slow; check the output width."""
+        """Run the shapes traffic will use, so the first request is not slow; check the output width.
+
+        The largest batch runs too: ONNX Runtime's memory arena grows to its high-water mark now, so
+        the resident size after loading is what a burst will take (no surprise peak later), and
+        TensorRT builds its engine for the whole profile.
+        """
         crop = model.metadata.crop_size
-        sizes = {1, min(10, self.settings.max_batch_size)}
-        if TENSORRT in model.providers:
-            sizes.add(self.settings.max_batch_size)
+        sizes = {1, min(10, self.settings.max_batch_size), self.settings.max_batch_size}
         for n in sorted(sizes):
+            started = time.perf_counter()
             logits = model.infer(np.zeros((n, crop, crop, 3), dtype=np.uint8))
+            model.seconds_per_row = (time.perf_counter() - started) / n  # the largest batch is last
             if logits.shape != (n, model.metadata.num_classes):
                 raise InvalidModelError(
                     f"the model outputs shape {list(logits.shape)} for {n} images, but it has "
@@ -278,6 +285,7 @@ class ModelRegistry:
             executor=self._executor,
             observer=self.metrics.observer(entry.name),
             name=entry.name,
+            seconds_per_row=model.seconds_per_row,
         )
         model.batcher.start()
         old, entry.current = entry.current, model

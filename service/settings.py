@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from service.preprocess import DEFAULT_MAX_RESIZED_PIXELS
 
 PROVIDER_ALIASES = {
     "tensorrt": "TensorrtExecutionProvider",
@@ -64,6 +66,26 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(
         default=64_000_000, ge=1, description="largest declared image size in pixels (413 above it)"
     )
+    max_resized_pixels: int = Field(
+        default=DEFAULT_MAX_RESIZED_PIXELS,
+        ge=1,
+        description="largest image in pixels after its shorter side is resized to the model's resize size "
+        "(413 above it): bounds the memory of long, thin images",
+    )
+    max_upload_bytes_in_flight: int = Field(
+        default=256 * 1024 * 1024,
+        ge=1,
+        description="request bytes all requests in flight may hold together (503 with Retry-After above it)",
+    )
+    max_connections: int = Field(
+        default=2048, ge=1, description="most open client connections (beyond: 503 with Retry-After, closed)"
+    )
+    header_timeout_s: float = Field(
+        default=10.0, gt=0, description="seconds a connection may take to send a request's line and headers"
+    )
+    body_timeout_s: float = Field(
+        default=60.0, gt=0, description="seconds a request may take to send its whole body after its headers"
+    )
     max_batch_images: int = Field(default=16, ge=1, description="most images in one /classify/batch request")
     auth_token: SecretStr | None = Field(
         default=None, description="bearer token required by the classification endpoints (unset: open)"
@@ -107,6 +129,15 @@ class Settings(BaseSettings):
         if level not in LOG_LEVELS:
             raise ValueError(f"log level must be one of {', '.join(LOG_LEVELS)}")
         return level
+
+    @model_validator(mode="after")
+    def _budget_fits_an_upload(self) -> Settings:
+        if self.max_upload_bytes_in_flight < self.max_upload_bytes:
+            raise ValueError(
+                f"max_upload_bytes_in_flight ({self.max_upload_bytes_in_flight}) must be at least "
+                f"max_upload_bytes ({self.max_upload_bytes}), or the largest upload could never be read"
+            )
+        return self
 
     @property
     def provider_list(self) -> list[str]:

@@ -30,7 +30,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         413: "upload above the limit, or too many pixels",
         415: "not an image content type",
         422: "bad parameters",
-        503: "not ready or overloaded (see Retry-After)",
+        503: "not ready, overloaded, or not answerable within the deadline (see Retry-After)",
         504: "timeout",
     }.items()
 }
@@ -69,14 +69,21 @@ class ClassifyParams:
     model: str | None
     top_k: int
     crops: int
+    timeout: float | None
 
 
 def classify_params(
     model: str | None = Query(None, description="model name (file stem); default: the configured default"),
     top_k: int = Query(5, ge=1, le=1000, description="how many classes to return"),
     crops: int = Query(10, description="10 (the paper's 10-crop testing) or 1 (centre crop)"),
+    timeout: float | None = Query(
+        None,
+        gt=0,
+        description="seconds the client waits for each image (capped by SERVE_REQUEST_TIMEOUT_S); an image "
+        "that cannot be answered in time gets 503 with Retry-After at once",
+    ),
 ) -> ClassifyParams:
-    return ClassifyParams(model, top_k, check_crops(crops))
+    return ClassifyParams(model, top_k, check_crops(crops), timeout)
 
 
 def _timings(result: ImageResult) -> Timings:
@@ -99,7 +106,9 @@ async def classify(
     upload = await read_image(request)
     state.metrics.upload_size.labels("/classify").observe(len(upload.data))
     async with state.registry.use(params.model) as served:
-        result = await state.classifier.classify_bytes(served, upload.data, params.crops)
+        result = await state.classifier.classify_bytes(
+            served, upload.data, params.crops, timeout_s=params.timeout
+        )
     return ClassifyResponse(
         model=served.name,
         version=served.metadata.version,
@@ -117,7 +126,9 @@ async def _classify_upload(
         if upload.error is not None:
             raise upload.error
         state.metrics.upload_size.labels("/classify/batch").observe(len(upload.data))
-        result = await state.classifier.classify_bytes(served, upload.data, params.crops)
+        result = await state.classifier.classify_bytes(
+            served, upload.data, params.crops, timeout_s=params.timeout
+        )
     except ServiceError as exc:
         return BatchItem(filename=upload.filename, error=ErrorBody(code=exc.code, message=exc.message))
     except Exception:

@@ -23,6 +23,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from service.app import create_app
+from service.server import server_config
 from service.settings import Settings
 
 
@@ -99,14 +100,15 @@ def free_port() -> int:
 
 
 class LiveServer:
-    """The app under a real uvicorn on 127.0.0.1, in a background thread."""
+    """The app under uvicorn on 127.0.0.1, as ``python -m service`` runs it, in a background thread."""
 
     def __init__(self, settings: Settings) -> None:
         self.app: FastAPI = create_app(settings)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(
-            self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"
+        metrics = self.app.state.service.metrics
+        config = server_config(
+            self.app, settings, metrics, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)

@@ -215,3 +215,11 @@ def test_unknown_folders_and_undecodable_files(model: Path, tmp_path: Path, capl
 def test_spread_limit_keeps_every_class() -> None:
     assert evaluate.spread_limit([0, 0, 0, 1, 1, 2], 3) == [0, 3, 5]
     assert evaluate.spread_limit([0, 0, 1], None) == [0, 1, 2]
+
+
+def test_a_strip_too_long_once_resized_is_skipped(model: Path, tmp_path: Path, caplog: Any) -> None:
+    folder = write_folder(tmp_path / "strip", {"red": [solid(RED, 0)]})
+    Image.new("RGB", (1, 250_000), RED).save(folder / "red" / "strip.png")  # 20 x 5,000,000 once resized
+    result = evaluate.evaluate(model, folder, providers=["cpu"])
+    assert (result.images, result.skipped) == (1, 1)
+    assert "after resizing" in caplog.text
