@@ -1503,7 +1503,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--swaps", type=int, help="hotswap replacements (default 100)")
     p.add_argument("--kills", type=int, help="killed exports (default 20)")
     p.add_argument("--slowloris-wait", type=seconds_list, help="seconds to check at, e.g. 15,70")
-    p.add_argument("--retry-after-cap", type=float, default=5.0, help="longest Retry-After a client honours")
+    p.add_argument("--retry-after-cap", type=float, default=30.0, help="longest Retry-After a client honours")
     p.add_argument(
         "--no-honour-retry-after", action="store_true", help="saturation clients retry at once after a 503"
     )

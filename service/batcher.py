@@ -7,7 +7,11 @@ themselves. The queue is bounded: a full queue raises :class:`Overloaded` (HTTP 
 Admission knows the deadline: :meth:`DynamicBatcher.reserve` estimates how long rows would wait from
 the rows ahead of them and the recently measured session time per row, and refuses at once (503
 with a ``Retry-After`` from that estimate) what could not be answered in time, instead of queueing
-it for a late timeout. Rows are reserved before their image is decoded, so decoding counts too.
+it for a late timeout. Rows are reserved before their image is decoded, so decoding counts too. The
+time per row is measured on the wall clock from batch to batch (gathering included), so it is the
+rate the queue really drains at, also when decoding or HTTP work competes for the CPU. The
+``Retry-After`` is the time the admitted work needs to drain: refused clients come back spread
+over that drain rather than all within a second, which would spend the CPU on refusing them again.
 The batcher knows nothing of HTTP or ONNX: it takes any blocking ``infer(rows) -> outputs``.
 """
 
@@ -103,6 +107,7 @@ class DynamicBatcher:
         self._rows_reserved = 0  # admitted, still decoding
         self._rows_waiting = 0  # in the queue (or carried to the next batch)
         self._rows_running = 0  # in the session run now
+        self._last_end = 0.0  # when the previous batch was answered
 
     @property
     def depth(self) -> int:
@@ -120,22 +125,30 @@ class DynamicBatcher:
             return None
         return (self.rows_ahead + rows) * self.seconds_per_row
 
-    def reserve(self, rows: int, budget_s: float) -> Reservation:
-        """Admit ``rows`` that must be answered within ``budget_s``, or raise :class:`Overloaded` at once.
+    def check_admission(self, rows: int, budget_s: float) -> None:
+        """Raise :class:`Overloaded` at once unless ``rows`` more could be answered within ``budget_s``.
 
-        The error's ``retry_after`` is how long the work already admitted needs to shrink enough.
-        The reservation is handed to :meth:`submit`, or released when its rows will never come.
+        The error's ``retry_after`` is how long the work already admitted needs to drain. Routes call
+        this before reading an upload, so a refusal costs no body read.
         """
         if self._closed or self._task is None:
             raise Overloaded(f"model {self._name} is being unloaded")
         wait = self.expected_wait_s(rows)
         if wait is not None and wait > budget_s:
-            retry_after = max(1, math.ceil(wait - budget_s))
+            assert self.seconds_per_row is not None
+            retry_after = max(1, math.ceil(self.rows_ahead * self.seconds_per_row))
             raise Overloaded(
                 f"model {self._name} cannot answer within {budget_s:.3g} s: about {wait:.3g} s of work "
                 f"is ahead of this request; retry after {retry_after} s",
                 retry_after=retry_after,
             )
+
+    def reserve(self, rows: int, budget_s: float) -> Reservation:
+        """Admit ``rows`` that must be answered within ``budget_s`` (see :meth:`check_admission`).
+
+        The reservation is handed to :meth:`submit`, or released when its rows will never come.
+        """
+        self.check_admission(rows, budget_s)
         self._rows_reserved += rows
         return Reservation(self, rows)
 
@@ -252,8 +265,13 @@ class DynamicBatcher:
             return
         finally:
             self._rows_running = 0
-        inference_s = time.perf_counter() - started
-        self._measured(inference_s / rows)
+        ended = time.perf_counter()
+        inference_s = ended - started
+        # Back to back, a batch's cycle starts when the previous one ended; after an idle spell,
+        # when its first request arrived.
+        cycle_start = max(self._last_end, min(item.enqueued for item in batch))
+        self._last_end = ended
+        self._measured((ended - cycle_start) / rows)
         waits = [started - item.enqueued for item in batch]
         if self._observer is not None:
             self._observer.batch_done(rows, len(batch), waits, inference_s)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from service.batcher import Reservation
+from service.batcher import DynamicBatcher, Reservation
 from service.errors import InferenceFailed, InvalidParameter, Overloaded, RequestTimeout
 from service.metrics import Metrics
 from service.preprocess import CROP_COUNTS, make_crops, preprocess, softmax
@@ -89,6 +89,16 @@ class Classifier:
         limit = self.settings.request_timeout_s
         return limit if timeout_s is None else min(timeout_s, limit)
 
+    def check_admission(self, model: LoadedModel, rows: int, timeout_s: float | None = None) -> None:
+        """503 now if ``rows`` more of ``model`` could not be answered in time; nothing is reserved."""
+        self._batcher(model).check_admission(rows, self.deadline_s(timeout_s) * ADMISSION_HEADROOM)
+
+    @staticmethod
+    def _batcher(model: LoadedModel) -> DynamicBatcher:
+        if model.batcher is None:
+            raise InferenceFailed(f"model {model.name} has no batcher")
+        return model.batcher
+
     async def classify_bytes(
         self, model: LoadedModel, data: bytes, crops: int, *, timeout_s: float | None = None
     ) -> ImageResult:
@@ -126,9 +136,8 @@ class Classifier:
         self, model: LoadedModel, prepare: Callable[[], np.ndarray], rows: int, timeout_s: float | None
     ) -> ImageResult:
         timeout = self.deadline_s(timeout_s)
-        if model.batcher is None:
-            raise InferenceFailed(f"model {model.name} has no batcher")
-        reservation = model.batcher.reserve(rows, timeout * ADMISSION_HEADROOM)  # 503 now, not 504 later
+        # 503 now, not 504 later
+        reservation = self._batcher(model).reserve(rows, timeout * ADMISSION_HEADROOM)
         try:
             return await asyncio.wait_for(self._run(model, prepare, reservation), timeout)
         except asyncio.TimeoutError:

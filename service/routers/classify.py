@@ -102,7 +102,8 @@ async def classify(
     state: ServiceState = Depends(get_state),
     params: ClassifyParams = Depends(classify_params),
 ) -> ClassifyResponse:
-    state.registry.resolve(params.model)  # 404/503 before reading a large upload
+    # 404, or 503 when even this image could not be answered in time, before reading the upload.
+    state.classifier.check_admission(state.registry.resolve(params.model), params.crops, params.timeout)
     upload = await read_image(request)
     state.metrics.upload_size.labels("/classify").observe(len(upload.data))
     async with state.registry.use(params.model) as served:
@@ -154,7 +155,7 @@ async def classify_batch(
     state: ServiceState = Depends(get_state),
     params: ClassifyParams = Depends(classify_params),
 ) -> BatchResponse:
-    state.registry.resolve(params.model)
+    state.classifier.check_admission(state.registry.resolve(params.model), params.crops, params.timeout)
     uploads = await read_images(request, "images", state.settings.max_batch_images)
     async with state.registry.use(params.model) as served:
         results = await asyncio.gather(*(_classify_upload(state, served, u, params) for u in uploads))

@@ -181,7 +181,8 @@ def _output_tensors(
 
 
 async def _infer(request: Request, state: ServiceState, name: str, version: str | None) -> Response:
-    _served(state, name, version)
+    # 404, or 503 when not even one crop could be answered in time, before reading the body.
+    state.classifier.check_admission(_served(state, name, version), 1)
     infer, buffers = parse_request(await request.body(), request.headers.get(HEADER_LENGTH))
     if len(infer.inputs) != 1:
         raise BadRequest("send exactly one input: BYTES encoded images or UINT8 [N, H, W, 3] pixels")

@@ -90,8 +90,8 @@ def test_requests_that_cannot_finish_in_time_get_503_at_once(slow_model: TestCli
         refused = post()  # 12 s of work: answered now, while the others still wait behind the gate
         assert not any(f.done() for f in admitted)
         body = assert_error(refused, 503, "overloaded", contains="cannot answer within 9 s")
-        assert refused.headers["retry-after"] == "3"  # 12 s of work against a 9 s budget
-        assert "retry after 3 s" in body["error"]["message"]
+        assert refused.headers["retry-after"] == "9"  # the 9 s the admitted work needs to drain
+        assert "retry after 9 s" in body["error"]["message"]
         gate.gate.set()
         assert [f.result().status_code for f in admitted] == [200, 200, 200]  # admitted keep their answer
     assert batcher.rows_ahead == 0
@@ -184,6 +184,22 @@ def test_connections_beyond_the_cap_get_503_with_retry_after(guarded: LiveServer
     finally:
         for sock in held:
             sock.close()
+    with httpx.Client(base_url=guarded.url) as client:
+        assert_serving(client)
+
+
+def test_a_refusal_is_answered_before_the_upload_is_read(guarded: LiveServer) -> None:
+    batcher = guarded.app.state.service.registry.resolve("colours").batcher
+    measured, batcher.seconds_per_row = batcher.seconds_per_row, 100.0  # 10 crops: 1000 s, far past 30 s
+    try:
+        with socket.create_connection(("127.0.0.1", guarded.port)) as sock:
+            sock.sendall(HEAD + b"Content-Length: 4000\r\n\r\n")  # the body never comes
+            sock.settimeout(5)
+            answer = sock.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 503 ") and b"cannot answer within" in answer
+        assert b"retry-after: " in answer  # the drain time of the admitted work
+    finally:
+        batcher.seconds_per_row = measured
     with httpx.Client(base_url=guarded.url) as client:
         assert_serving(client)
 
