@@ -1,9 +1,8 @@
-"""Image decoding and the paper's 10-crop testing, shared by the service and the offline evaluator.
+"""Image decoding and the paper's 10-crop testing, shared by the service, the evaluator and training.
 
-Order of the crops returned by :func:`make_crops` (after resizing the shorter side):
-index 0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right, 4 centre, and 5-9 the horizontal
-mirrors of 0-4 in the same order (``crops[5 + i] == crops[i][:, ::-1]``). ``crops=1`` is the centre
-crop alone. Geometry follows torchvision's ``Resize(int)`` + ``TenCrop`` (bilinear, antialiased).
+:func:`make_crops` resizes with Pillow (bilinear, antialiased) and cuts the crops that
+``service.crop_geometry`` defines, in its order: 4 corners and the centre, then their mirrors
+(``crops[5 + i] == crops[i][:, ::-1]``); ``crops=1`` is the centre crop alone.
 """
 
 from __future__ import annotations
@@ -14,6 +13,8 @@ import logging
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from service.crop_geometry import CROP_COUNTS as CROP_COUNTS
+from service.crop_geometry import crop_windows, resized_size
 from service.errors import ImageTooLarge, InvalidImage
 
 log = logging.getLogger(__name__)
@@ -21,7 +22,6 @@ log = logging.getLogger(__name__)
 # Formats Pillow may open: the ones users send. Everything else (EPS, PSD, ...) is refused
 # before any plugin parses it. (Camera JPEGs that Pillow calls MPO open through the JPEG plugin.)
 FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
-CROP_COUNTS = (1, 10)
 # JPEGs are decoded at a reduced scale (1/2 .. 1/8) while the shorter side stays at least this many
 # times the resize target, so the final antialiased resize still has real pixels to average.
 DRAFT_FACTOR = 2
@@ -118,13 +118,6 @@ def decode_image(
     return to_rgb(image)
 
 
-def resized_size(width: int, height: int, size: int) -> tuple[int, int]:
-    """(width, height) with the shorter side ``size`` and the aspect ratio kept (torchvision's rule)."""
-    if width <= height:
-        return size, int(size * height / width)
-    return int(size * width / height), size
-
-
 def check_resized_pixels(width: int, height: int, resize_size: int, max_pixels: int) -> tuple[int, int]:
     """The resized (width, height); :class:`ImageTooLarge` when it would exceed ``max_pixels`` pixels.
 
@@ -140,13 +133,6 @@ def check_resized_pixels(width: int, height: int, resize_size: int, max_pixels: 
     return size
 
 
-def crop_origins(width: int, height: int, crop_size: int) -> list[tuple[int, int]]:
-    """(top, left) of the top-left, top-right, bottom-left, bottom-right and centre crops."""
-    bottom, right = height - crop_size, width - crop_size
-    centre = (round(bottom / 2), round(right / 2))
-    return [(0, 0), (0, right), (bottom, 0), (bottom, right), centre]
-
-
 def make_crops(
     image: Image.Image,
     resize_size: int,
@@ -157,31 +143,29 @@ def make_crops(
 ) -> np.ndarray:
     """Resize the shorter side to ``resize_size`` and cut ``crops`` (1 or 10) square crops.
 
-    Returns uint8 ``[crops, crop_size, crop_size, 3]`` in the order documented in this module.
+    Returns uint8 ``[crops, crop_size, crop_size, 3]`` in the order of ``service.crop_geometry``.
     :class:`ImageTooLarge` when the resized image would exceed ``max_resized_pixels``.
     """
-    if crops not in CROP_COUNTS:
-        raise ValueError(f"crops must be 1 or 10, not {crops}")
     if resize_size < crop_size:
         raise ValueError(f"resize_size {resize_size} is smaller than crop_size {crop_size}")
     size = check_resized_pixels(image.width, image.height, resize_size, max_resized_pixels)
+    windows = crop_windows(*size, crop_size, crops)
     if image.mode != "RGB":
         image = to_rgb(image)
     if size != image.size:
         image = image.resize(size, Image.Resampling.BILINEAR)
     pixels = np.asarray(image)
-    origins = crop_origins(image.width, image.height, crop_size)
-    chosen = origins if crops == 10 else origins[4:]
+    mirrored: np.ndarray | None = None
     out = np.empty((crops, crop_size, crop_size, 3), dtype=np.uint8)
-    for i, (top, left) in enumerate(chosen):
-        out[i] = pixels[top : top + crop_size, left : left + crop_size]
-    if crops == 10:
-        # The mirrors are cut from the mirrored image: Pillow flips it in C in a fraction of the time
-        # numpy takes to copy five crops through a negative stride (same pixels, ~1-2 ms less per image).
-        mirrored = np.asarray(image.transpose(Image.Transpose.FLIP_LEFT_RIGHT))
-        for i, (top, left) in enumerate(origins):
-            start = image.width - left - crop_size
-            out[5 + i] = mirrored[top : top + crop_size, start : start + crop_size]
+    for i, window in enumerate(windows):
+        source, left = pixels, window.left
+        if window.mirrored:
+            # Mirrors are cut from the mirrored image: Pillow flips it in C in a fraction of the time numpy
+            # takes to copy five crops through a negative stride (same pixels, ~1-2 ms less per image).
+            if mirrored is None:
+                mirrored = np.asarray(image.transpose(Image.Transpose.FLIP_LEFT_RIGHT))
+            source, left = mirrored, image.width - window.left - crop_size
+        out[i] = source[window.top : window.top + crop_size, left : left + crop_size]
     return out
 
 

@@ -1,7 +1,8 @@
-"""Batched augmentation and test-time crops, run on the training device (the GPU when there is one).
+"""Batched training augmentation, run on the training device (the GPU when there is one).
 
 Images arrive as uint8 [N, H, W, 3] tensors; everything here works on whole batches, so an epoch is bound by
-the network, not by per-image Python code.
+the network, not by per-image Python code. Test-time crops are not made here: they are the service's own
+(``service.preprocess.make_crops``), so the published errors are measured on the pixels the service serves.
 """
 
 from __future__ import annotations
@@ -68,33 +69,3 @@ def imagenet_train_batch(images: Tensor, mean: Tensor, std: Tensor, generator: t
     """Device half of the ImageNet recipe: flip, PCA lighting, mean subtraction (scale/crop ran per image)."""
     x = lighting(normalize(images, mean, std), generator)
     return random_flip(x, generator).contiguous(memory_format=torch.channels_last)
-
-
-def resize_shorter(images: Tensor, size: int) -> Tensor:
-    """Resize float NCHW images so their shorter side is ``size`` (antialiased bilinear)."""
-    height, width = images.shape[-2:]
-    if min(height, width) == size:
-        return images
-    scale = size / min(height, width)
-    target = (max(size, round(height * scale)), max(size, round(width * scale)))
-    return F.interpolate(images, size=target, mode="bilinear", antialias=True, align_corners=False)
-
-
-def crop_views(images: Tensor, resize_size: int, crop_size: int, crops: int) -> Tensor:
-    """The paper's test views of a float NCHW batch: [crops, N, C, crop, crop].
-
-    ``crops=1``: the centre crop. ``crops=10``: 4 corners and centre, then their horizontal mirrors.
-    """
-    if crops not in (1, 10):
-        raise ValueError("crops must be 1 or 10")
-    x = resize_shorter(images, resize_size)
-    height, width = x.shape[-2:]
-    top, left = (height - crop_size) // 2, (width - crop_size) // 2
-    origins = [(top, left)]
-    if crops == 10:
-        bottom, right = height - crop_size, width - crop_size
-        origins = [(0, 0), (0, right), (bottom, 0), (bottom, right), (top, left)]
-    views = [x[:, :, r : r + crop_size, c : c + crop_size] for r, c in origins]
-    if crops == 10:
-        views += [v.flip(3) for v in views]
-    return torch.stack(views)

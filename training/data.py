@@ -1,8 +1,9 @@
 """ImageFolder data sets: scanning, validation, decoding once into cached uint8 arrays.
 
 Layout: ``ROOT/train/<class>/*.jpg|png|...`` and ``ROOT/test/<class>/...`` (or ``val/``); class names are the
-folder names, sorted. Unreadable files are reported and skipped; an empty or absent split is a clear
-``DataError``, raised before any training starts.
+folder names, sorted. Images are decoded by the service's own pipeline, so a network trains and is tested on
+the pixels it is served: unreadable files, and files the service would refuse, are reported and skipped; an
+empty or absent split is a clear ``DataError``, raised before any training starts.
 """
 
 from __future__ import annotations
@@ -12,11 +13,15 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+
+from service.defaults import DEFAULT_MAX_IMAGE_PIXELS
+from service.image_errors import ImageError
+from service.preprocess import preprocess
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +29,7 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", 
 CIFAR10_DEFAULT_ROOT = Path("data/cifar10")
 SHARED_CIFAR10_ARCHIVE = Path("../shared/data/cifar10-jpeg.tar.gz")
 IMBALANCE_LIMIT = 20  # a class with 20x fewer images than the largest one is almost surely a mistake
+DECODER_VERSION = 2  # in the cache key: 2 decodes with the service's pipeline (torchvision's geometry)
 
 
 class DataError(Exception):
@@ -51,14 +57,26 @@ class SplitFiles:
     labels: list[int]
     classes: list[str]
 
+    def take(self, rows: Sequence[int]) -> SplitFiles:
+        return SplitFiles(
+            self.root, [self.paths[i] for i in rows], [self.labels[i] for i in rows], self.classes
+        )
+
 
 @dataclass
 class SplitArrays:
-    """One split decoded: ``images`` uint8 [N, H, W, 3] RGB and ``labels`` int64 [N]."""
+    """One split decoded: ``images`` uint8 [N, H, W, 3] RGB, ``labels`` int64 [N] and the file of each row."""
 
     images: np.ndarray
     labels: np.ndarray
-    classes: list[str]
+    files: SplitFiles
+
+    @property
+    def classes(self) -> list[str]:
+        return self.files.classes
+
+    def take(self, rows: np.ndarray) -> SplitArrays:
+        return SplitArrays(self.images[rows], self.labels[rows], self.files.take(rows.tolist()))
 
 
 def split_dir(root: Path, split: str) -> Path:
@@ -100,37 +118,33 @@ def scan_split(root: Path, split: str, classes: list[str] | None = None) -> Spli
 
 
 def load_rgb(path: Path, size: int) -> np.ndarray:
-    """Decode one image to uint8 [size, size, 3]: shorter side resized to ``size``, centre-cropped."""
-    with Image.open(path) as image:
-        image.load()
-        rgb = image.convert("RGB")
-    if rgb.size != (size, size):
-        scale = size / min(rgb.size)
-        width, height = max(size, round(rgb.width * scale)), max(size, round(rgb.height * scale))
-        rgb = rgb.resize((width, height), Image.Resampling.BILINEAR, reducing_gap=None)
-        left, top = (width - size) // 2, (height - size) // 2
-        rgb = rgb.crop((left, top, left + size, top + size))
-    return np.asarray(rgb, dtype=np.uint8)
+    """One image as the service's 1-crop at resize = crop = ``size`` sees it: uint8 [size, size, 3].
+
+    Raises ``ImageError`` (or ``OSError``) for a file the service would refuse.
+    """
+    crops = preprocess(
+        path.read_bytes(), resize_size=size, crop_size=size, crops=1, max_pixels=DEFAULT_MAX_IMAGE_PIXELS
+    )
+    return crops[0]
 
 
 def decode_split(files: SplitFiles, size: int) -> SplitArrays:
     """Decode every file; unreadable ones are logged with their reason and skipped."""
-    images, labels = [], []
-    skipped = 0
-    for path, label in zip(files.paths, files.labels, strict=True):
+    images, kept = [], []
+    for index, path in enumerate(files.paths):
         try:
             images.append(load_rgb(path, size))
-        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
+        except (ImageError, OSError) as exc:
             log.warning("skipping unreadable image %s: %s", path, exc)
-            skipped += 1
             continue
-        labels.append(label)
+        kept.append(index)
     arrays = SplitArrays(
         np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8),
-        np.asarray(labels, dtype=np.int64),
-        files.classes,
+        np.asarray([files.labels[i] for i in kept], dtype=np.int64),
+        files.take(kept),
     )
-    if skipped:
+    if len(kept) < len(files.paths):
+        skipped = len(files.paths) - len(kept)
         log.warning("%s: skipped %d unreadable image(s) of %d", files.root, skipped, len(files.paths))
     check_balance(arrays, files.root)
     return arrays
@@ -151,26 +165,30 @@ def check_balance(arrays: SplitArrays, where: Path) -> None:
 
 
 def cache_key(files: SplitFiles, size: int) -> str:
-    digest = hashlib.sha256(f"{files.root.resolve()}|{size}|{len(files.paths)}".encode())
+    digest = hashlib.sha256(f"{files.root.resolve()}|{size}|{len(files.paths)}|{DECODER_VERSION}".encode())
     for path in files.paths:
         stat = path.stat()
         digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
     return digest.hexdigest()[:20]
 
 
-def load_split(root: Path, split: str, size: int, cache_dir: Path | None, classes: list[str] | None = None):
+def load_split(
+    root: Path, split: str, size: int, cache_dir: Path | None, classes: list[str] | None = None
+) -> SplitArrays:
     """Scan, decode and cache a split; later calls read the cached arrays (a few ms instead of seconds)."""
     files = scan_split(root, split, classes)
     cache = cache_dir / f"{split}-{cache_key(files, size)}.npz" if cache_dir else None
     if cache and cache.exists():
         with np.load(cache) as stored:
-            return SplitArrays(stored["images"], stored["labels"], files.classes)
+            return SplitArrays(stored["images"], stored["labels"], files.take(stored["kept"].tolist()))
     log.info("decoding %d images of %s (cached afterwards)", len(files.paths), files.root)
     arrays = decode_split(files, size)
     if cache:
+        position = {path: index for index, path in enumerate(files.paths)}
+        kept = [position[path] for path in arrays.files.paths]
         cache.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=cache.parent, suffix=".tmp", delete=False) as tmp:
-            np.savez(tmp, images=arrays.images, labels=arrays.labels)
+            np.savez(tmp, images=arrays.images, labels=arrays.labels, kept=np.asarray(kept, np.int64))
         os.replace(tmp.name, cache)
     return arrays
 
@@ -179,18 +197,13 @@ def subset(arrays: SplitArrays, count: int, seed: int) -> SplitArrays:
     """A seeded random subset of ``count`` images, class-balanced in expectation."""
     if count >= len(arrays.labels):
         return arrays
-    picked = np.sort(np.random.default_rng(seed).permutation(len(arrays.labels))[:count])
-    return SplitArrays(arrays.images[picked], arrays.labels[picked], arrays.classes)
+    return arrays.take(np.sort(np.random.default_rng(seed).permutation(len(arrays.labels))[:count]))
 
 
 def hold_out(arrays: SplitArrays, count: int, seed: int) -> tuple[SplitArrays, SplitArrays]:
     """Split off ``count`` images as a validation set (the paper's 45k/5k CIFAR protocol)."""
     order = np.random.default_rng(seed).permutation(len(arrays.labels))
-    val, train = np.sort(order[:count]), np.sort(order[count:])
-    return (
-        SplitArrays(arrays.images[train], arrays.labels[train], arrays.classes),
-        SplitArrays(arrays.images[val], arrays.labels[val], arrays.classes),
-    )
+    return arrays.take(np.sort(order[count:])), arrays.take(np.sort(order[:count]))
 
 
 def ensure_cifar10(root: Path) -> None:

@@ -171,19 +171,21 @@ def export_checkpoint(path: Path, models_dir: Path = Path("models"), name: str |
         config["arch"], num_classes=len(classes), shortcut=config["shortcut"], stride_in=config["stride_in"]
     )
     network.load_state_dict(checkpoint["model"])
-    results = final_results(checkpoint)
+    # What the run computed. Older checkpoints kept mean, std and resize_size in the config and the final
+    # errors in the history only.
+    results = checkpoint.get("results") or {**config, **final_results(checkpoint)}
     crop = ARCHITECTURES[config["arch"]].input_size
     card = ModelCard(
         labels=classes,
         crop_size=crop,
-        resize_size=int(results.get("resize_size") or config.get("resize_size") or crop),
+        resize_size=int(results.get("resize_size") or crop),
         arch=config["arch"],
         dataset=config["dataset"],
         checkpoint_sha256=sha256_file(path),
         test_error_1crop=results.get("test_error_1crop"),
         test_error_10crop=results.get("test_error_10crop"),
     )
-    model = PixelInput(network, config["mean"], config["std"])
+    model = PixelInput(network, results["mean"], results["std"])
     return export_model(model, card, models_dir / f"{name or config['arch'] + '-' + config['dataset']}.onnx")
 
 

@@ -1,71 +1,62 @@
-"""ImageNet-style data (large images of varied sizes): decoded per image in loader workers.
+"""ImageNet-style training images (large, of varied sizes): decoded and scale-augmented in loader workers.
 
-Training images get the paper's scale augmentation (shorter side random in [256, 480], random 224x224 crop);
-flip, PCA lighting and mean subtraction then run batched on the device (``training.augment``). Test images
-are resized to a shorter side of 256 and centre-cropped to 256x256, from which 1 or 10 crops are taken.
+Each image is decoded by the service's decoder (EXIF orientation, any mode to RGB), its shorter side resized
+to a random size in [256, 480] by the shared resize rule, and a random 224x224 crop taken (the paper's scale
+augmentation); flip, PCA lighting and mean subtraction then run batched on the device (``training.augment``).
+Test images are not loaded here: they are evaluated as the service serves them (``training.sources``).
 """
 
 from __future__ import annotations
 
 import random
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from training import distributed
-from training.data import scan_split
+from service.crop_geometry import resized_size
+from service.defaults import DEFAULT_MAX_IMAGE_PIXELS
+from service.preprocess import decode_image
+from training.config import TrainConfig
+from training.data import SplitFiles
 
 SCALE_RANGE = (256, 480)
-TEST_SIZE = 256
+TEST_RESIZE = 256  # the shorter side of a test image before its 224x224 crops
 
 
-class ImageFolderDataset(Dataset[tuple[torch.Tensor, int]]):
-    def __init__(
-        self, root: Path, split: str, train: bool, crop: int, classes: list[str] | None = None
-    ) -> None:
-        self.files = scan_split(root, split, classes)
-        self.train = train
+class ScaleAugmented(Dataset[tuple[torch.Tensor, int]]):
+    """Training images at a random scale and position: uint8 [crop, crop, 3] and the class index."""
+
+    def __init__(self, files: SplitFiles, crop: int) -> None:
+        self.files = files
         self.crop = crop
 
     def __len__(self) -> int:
         return len(self.files.paths)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        with Image.open(self.files.paths[index]) as image:
-            rgb = image.convert("RGB")
-        shorter = random.randint(*SCALE_RANGE) if self.train else TEST_SIZE
-        scale = shorter / min(rgb.size)
-        rgb = rgb.resize(
-            (max(shorter, round(rgb.width * scale)), max(shorter, round(rgb.height * scale))),
-            Image.Resampling.BILINEAR,
-        )
-        size = self.crop if self.train else TEST_SIZE
-        left = random.randint(0, rgb.width - size) if self.train else (rgb.width - size) // 2
-        top = random.randint(0, rgb.height - size) if self.train else (rgb.height - size) // 2
-        pixels = np.asarray(rgb.crop((left, top, left + size, top + size)), dtype=np.uint8)
+        image = decode_image(self.files.paths[index].read_bytes(), max_pixels=DEFAULT_MAX_IMAGE_PIXELS)
+        size = resized_size(image.width, image.height, random.randint(*SCALE_RANGE))
+        image = image.resize(size, Image.Resampling.BILINEAR)
+        left = random.randint(0, image.width - self.crop)
+        top = random.randint(0, image.height - self.crop)
+        pixels = np.asarray(image.crop((left, top, left + self.crop, top + self.crop)), dtype=np.uint8)
         return torch.from_numpy(pixels.copy()), self.files.labels[index]
 
 
-def imagenet_loader(
-    root: Path, split: str, config: Any, rank: int, classes: list[str] | None = None
-) -> tuple[DataLoader, list[str]]:
-    train = split == "train"
-    dataset = ImageFolderDataset(root, split, train, config.crop_size, classes)
-    world = distributed.world_size()
+def train_loader(files: SplitFiles, config: TrainConfig, rank: int, world: int) -> DataLoader:
+    """This process's share of the scale-augmented training images, reshuffled each epoch (``set_epoch``)."""
+    dataset = ScaleAugmented(files, config.crop_size)
     sampler: DistributedSampler[tuple[torch.Tensor, int]] = DistributedSampler(
-        dataset, num_replicas=world, rank=rank, shuffle=train, seed=config.seed
+        dataset, num_replicas=world, rank=rank, shuffle=True, seed=config.seed
     )
-    loader = DataLoader(
+    return DataLoader(
         dataset,
         batch_size=config.batch_size // world,
         sampler=sampler,
         num_workers=config.workers,
-        drop_last=train,
+        drop_last=True,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=config.workers > 0,
     )
-    return loader, dataset.files.classes

@@ -1,12 +1,54 @@
-"""Run-directory outputs: one JSON line per epoch and the paper-style error curves as a PNG."""
+"""A run's history and its outputs: a log line and a JSON line per epoch, the paper-style error curves."""
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 from training.checkpoint import atomic_write
+from training.loop import EpochStats
+
+log = logging.getLogger(__name__)
+
+
+class Report:
+    """The history of a run (saved in its checkpoints) and, when ``write`` (rank 0), the log lines,
+    ``metrics.jsonl`` and ``errors.png`` of its run directory."""
+
+    def __init__(self, out: Path, title: str, write: bool) -> None:
+        self.out, self.title, self.write = out, title, write
+        self.history: list[dict[str, Any]] = []
+
+    def epoch(self, stats: EpochStats, test_error: float | None) -> None:
+        record = {
+            "epoch": stats.epoch + 1,
+            "iteration": stats.iteration,
+            "lr": stats.lr,
+            "train_loss": round(stats.loss, 5),
+            "train_error": round(stats.train_error, 5),
+            "test_error": None if test_error is None else round(test_error, 5),
+            "images_per_s": round(stats.images_per_s, 1),
+            "epoch_time_s": round(stats.seconds, 1),
+        }
+        self.history.append(record)
+        if self.write:
+            test_text = "-" if test_error is None else f"{100 * test_error:.2f}%"
+            log.info(
+                "epoch %d iter %d  train loss %.4f err %.2f%%  test err %s  lr %.4g  %.0f img/s  %.0f s",
+                record["epoch"], stats.iteration, stats.loss, 100 * stats.train_error, test_text, stats.lr,
+                stats.images_per_s, stats.seconds,
+            )  # fmt: skip
+            append_metrics(self.out / "metrics.jsonl", record)
+            plot_errors(self.history, self.out / "errors.png", self.title)
+
+    def final(self, results: dict[str, Any], iteration: int) -> None:
+        """The final evaluation's results, as the last record of the history and of ``metrics.jsonl``."""
+        record = {"final": results, "iteration": iteration}
+        self.history.append(record)
+        if self.write:
+            append_metrics(self.out / "metrics.jsonl", record)
 
 
 def append_metrics(path: Path, record: dict[str, Any]) -> None:

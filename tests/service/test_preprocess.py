@@ -9,15 +9,9 @@ import pytest
 from PIL import Image
 from svc_testkit import declared_size_png, image_bytes
 
+from service.crop_geometry import CropWindow, crop_origins, crop_windows, resized_size
 from service.errors import ImageTooLarge, InvalidImage
-from service.preprocess import (
-    crop_origins,
-    decode_image,
-    make_crops,
-    preprocess,
-    resized_size,
-    softmax,
-)
+from service.preprocess import decode_image, make_crops, preprocess, softmax
 
 BIG = 10**9
 
@@ -60,12 +54,35 @@ def test_one_crop_is_the_centre_crop() -> None:
 
 @pytest.mark.parametrize(
     ("size", "expected"),
-    [((40, 20), (20, 10)), ((20, 40), (10, 20)), ((33, 20), (16, 10)), ((10, 10), (10, 10))],
+    [
+        ((40, 20), (20, 10)),
+        ((20, 40), (10, 20)),
+        ((33, 20), (16, 10)),
+        ((10, 10), (10, 10)),
+        ((39, 20), (19, 10)),
+    ],
 )
 def test_shorter_side_is_resized_keeping_the_aspect_ratio(
     size: tuple[int, int], expected: tuple[int, int]
 ) -> None:
     assert resized_size(*size, 10) == expected
+
+
+def test_geometry_is_torchvisions() -> None:
+    # Resize(256): a 640x427 photo becomes 383x256 (the longer side truncated, not rounded to 384) ...
+    assert resized_size(640, 427, 256) == (383, 256)
+    # ... and center_crop(224) rounds its origin: (256 - 224) / 2 = 16, (383 - 224) / 2 = 79.5 -> 80
+    assert crop_origins(383, 256, 224)[4] == (16, 80)
+
+
+def test_ten_windows_are_corners_centre_then_the_same_mirrored() -> None:
+    windows = crop_windows(12, 10, 6, crops=10)
+    corners_and_centre = [(0, 0), (0, 6), (4, 0), (4, 6), (2, 3)]
+    assert windows[:5] == [CropWindow(top, left) for top, left in corners_and_centre]
+    assert windows[5:] == [CropWindow(top, left, mirrored=True) for top, left in corners_and_centre]
+    assert crop_windows(12, 10, 6, crops=1) == [CropWindow(2, 3)]
+    with pytest.raises(ValueError, match="1 or 10"):
+        crop_windows(12, 10, 6, crops=2)
 
 
 def test_crops_come_from_the_resized_image() -> None:

@@ -1,11 +1,11 @@
-"""Batched augmentation and test-time views do what the paper describes, pixel for pixel."""
+"""Batched training augmentation does what the paper describes, pixel for pixel."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from training.augment import cifar_train_batch, crop_views, random_crop, random_flip
+from training.augment import cifar_train_batch, random_crop, random_flip
 
 
 def _windows(padded: torch.Tensor, size: int) -> list[torch.Tensor]:
@@ -40,15 +40,3 @@ def test_cifar_batch_is_a_normalised_padded_window_possibly_mirrored() -> None:
     for image, crop in zip(padded, out, strict=True):
         candidates = _windows(image, 32)
         assert any(torch.allclose(crop, w) or torch.allclose(crop, w.flip(2)) for w in candidates)
-
-
-def test_ten_crop_views_are_corners_centre_and_their_mirrors() -> None:
-    image = torch.arange(3 * 6 * 8, dtype=torch.float32).view(1, 3, 6, 8)
-    views = crop_views(image, resize_size=6, crop_size=4, crops=10)
-    assert views.shape == (10, 1, 3, 4, 4)
-    expected = [image[..., 0:4, 0:4], image[..., 0:4, 4:8], image[..., 2:6, 0:4], image[..., 2:6, 4:8]]
-    expected.append(image[..., 1:5, 2:6])
-    for i, view in enumerate(expected):
-        assert torch.equal(views[i], view) and torch.equal(views[i + 5], view.flip(3))
-    (centre,) = crop_views(image, resize_size=6, crop_size=4, crops=1)
-    assert torch.equal(centre, expected[4])

@@ -11,7 +11,8 @@ import pytest
 from conftest import CLASSES, write_imagefolder
 from PIL import Image
 
-from training.data import DataError, ensure_cifar10, hold_out, load_split, scan_split
+from service.preprocess import preprocess
+from training.data import DataError, ensure_cifar10, hold_out, load_rgb, load_split, scan_split, subset
 
 
 def test_classes_come_from_sorted_folder_names(tiny_data: Path) -> None:
@@ -78,9 +79,29 @@ def test_test_split_falls_back_to_val_and_must_match_classes(tmp_path: Path) -> 
         scan_split(root, "test", sorted(CLASSES))
 
 
-def test_images_of_other_sizes_are_resized_and_centre_cropped(tmp_path: Path) -> None:
+def test_images_of_other_sizes_become_the_services_centre_crop(tmp_path: Path) -> None:
     root = write_imagefolder(tmp_path / "data", train_per_class=2, test_per_class=1, size=48)
-    assert load_split(root, "train", 32, None).images.shape == (6, 32, 32, 3)
+    for path in (root / "train").rglob("*.png"):  # 61x48: the resize rule and the centre's rounding matter
+        Image.open(path).resize((61, 48)).save(path)
+    arrays = load_split(root, "train", 32, None)
+    assert arrays.images.shape == (6, 32, 32, 3)
+    for image, path in zip(arrays.images, arrays.files.paths, strict=True):
+        served = preprocess(path.read_bytes(), resize_size=32, crop_size=32, crops=1, max_pixels=10**9)
+        np.testing.assert_array_equal(image, served[0])
+
+
+def test_each_row_keeps_its_file_through_the_cache_hold_out_and_subsets(tmp_path: Path) -> None:
+    root = write_imagefolder(tmp_path / "data", train_per_class=4, test_per_class=1)
+    (root / "train" / "square" / "000.png").write_bytes(b"garbage")  # left out: rows and files stay aligned
+    decoded = load_split(root, "train", 32, tmp_path / "cache")
+    cached = load_split(root, "train", 32, tmp_path / "cache")
+    assert cached.files.paths == decoded.files.paths and len(decoded.files.paths) == 11
+    train, val = hold_out(cached, 3, seed=0)
+    for part in (cached, train, val, subset(train, 4, seed=1)):
+        assert part.files.labels == part.labels.tolist()
+        for image, label, path in zip(part.images, part.labels, part.files.paths, strict=True):
+            assert part.classes[label] == path.parent.name
+            np.testing.assert_array_equal(image, load_rgb(path, 32))
 
 
 def test_hold_out_makes_disjoint_splits(tiny_data: Path) -> None:

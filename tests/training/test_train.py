@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -10,11 +12,14 @@ import sys
 import time
 from pathlib import Path
 
+import onnx
 import pytest
 import torch
 
-from training import train
-from training.checkpoint import load_checkpoint
+from training import loop, train
+from training.checkpoint import load_checkpoint, save_checkpoint
+from training.config import TrainConfig
+from training.export import export_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -30,8 +35,17 @@ def test_few_step_run_writes_checkpoints_metrics_and_plot(train_args: list[str],
     assert 0 <= final["test_error_1crop"] <= 1 and 0 <= final["test_error_10crop"] <= 1
     checkpoint = load_checkpoint(run / "last.pt")
     assert checkpoint["iteration"] == 8 and checkpoint["classes"] == ["circle", "square", "stripe"]
-    assert {"model", "optimizer", "scheduler", "scaler", "rng", "config"} <= set(checkpoint)
-    assert checkpoint["config"]["arch"] == "resnet20" and len(checkpoint["config"]["mean"]) == 3
+    assert {"model", "optimizer", "scheduler", "scaler", "rng", "config", "results"} <= set(checkpoint)
+    assert checkpoint["config"]["arch"] == "resnet20"
+    # What the run computed is a result, kept apart from the config that defined it
+    results = checkpoint["results"]
+    assert set(results) == {"mean", "std", *final} and all(results[k] == final[k] for k in final)
+    assert len(results["mean"]) == 3 and not {"mean", "std", "resize_size"} & set(checkpoint["config"])
+
+
+def test_the_config_is_immutable() -> None:
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        TrainConfig().lr = 1.0  # type: ignore[misc]
 
 
 def test_training_learns_the_tiny_task(train_args: list[str], tmp_path: Path) -> None:
@@ -46,16 +60,16 @@ def _state(path: Path) -> dict[str, torch.Tensor]:
 
 def _interrupted_run(args: list[str], at_iteration: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """Run ``train.main(args)`` with a SIGTERM delivered right after iteration ``at_iteration``."""
-    step = train.Trainer.train_step
+    step = loop.Trainer.train_step
 
-    def step_then_terminate(self: train.Trainer, images: torch.Tensor, labels: torch.Tensor):
+    def step_then_terminate(self: loop.Trainer, images: torch.Tensor, labels: torch.Tensor):
         result = step(self, images, labels)
         if self.iteration == at_iteration:
             os.kill(os.getpid(), signal.SIGTERM)
         return result
 
     with monkeypatch.context() as patch:
-        patch.setattr(train.Trainer, "train_step", step_then_terminate)
+        patch.setattr(loop.Trainer, "train_step", step_then_terminate)
         assert train.main(args) == 128 + signal.SIGTERM
 
 
@@ -83,6 +97,39 @@ def test_a_finished_run_can_be_extended_with_a_larger_budget(train_args: list[st
     history = load_checkpoint(last)["history"]
     assert [r["iteration"] for r in history if "final" in r] == [4, 8]
     assert (tmp_path / "run" / "errors.png").stat().st_size > 0
+
+
+def test_resume_keeps_the_recipe_and_says_which_options_it_ignores(
+    train_args: list[str], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert train.main([*train_args, "--iterations", "4"]) == 0
+    last = tmp_path / "run" / "last.pt"
+    with caplog.at_level(logging.WARNING):
+        assert train.main(["--resume", str(last), "--iterations", "5", "--lr", "0.5", "--no-progress"]) == 0
+    assert "ignoring --lr" in caplog.text
+    config = load_checkpoint(last)["config"]
+    assert config["lr"] == 0.1 and config["iterations"] == 5
+
+
+def test_checkpoints_that_kept_results_in_the_config_still_resume_and_export(
+    train_args: list[str], tmp_path: Path
+) -> None:
+    assert train.main([*train_args, "--iterations", "4"]) == 0
+    last = tmp_path / "run" / "last.pt"
+    checkpoint = load_checkpoint(last)
+    # The layout before results were kept apart: mean, std, resize_size in the config, errors in the history
+    results = checkpoint.pop("results")
+    checkpoint["config"].update(mean=results["mean"], std=results["std"], resize_size=results["resize_size"])
+    save_checkpoint(checkpoint, last)
+
+    exported = export_checkpoint(last, tmp_path / "models")
+    meta = {p.key: p.value for p in onnx.load(str(exported)).metadata_props}
+    assert int(meta["resize_size"]) == results["resize_size"]
+    assert json.loads(meta["test_error_10crop"]) == results["test_error_10crop"]
+    assert train.main(["--resume", str(last), "--iterations", "8", "--no-progress"]) == 0
+    resumed = load_checkpoint(last)
+    assert resumed["iteration"] == 8 and resumed["results"]["mean"] == results["mean"]
+    assert "mean" not in resumed["config"]
 
 
 @pytest.mark.slow
@@ -140,6 +187,8 @@ def test_sigterm_leaves_a_usable_checkpoint(tiny_data: Path, tmp_path: Path) -> 
         (["--arch", "resnet21"], "invalid choice"),
         (["--schedule", "linear"], "invalid choice"),
         (["--epochs", "2", "--iterations", "5"], "not allowed with argument"),
+        (["--val-size", "-1"], "must be >= 0"),
+        (["--warmup-iterations", "-1"], "must be >= 0"),
     ],
 )
 def test_bad_options_are_rejected_clearly(
@@ -159,19 +208,19 @@ def test_missing_data_directory_exits_with_instructions(
     assert "tar -xzf" in caplog.text
 
 
-def test_help_documents_the_options() -> None:
+def test_help_documents_every_option_with_the_configs_defaults() -> None:
     text = train.build_parser().format_help()
-    for option in (
-        "--arch",
-        "--shortcut",
-        "--schedule",
-        "--resume",
-        "--export",
-        "--eval-only",
-        "--channels-last",
-        "--compile",
-    ):
-        assert option in text
+    config_options = [f"--{f.name.replace('_', '-')}" for f in dataclasses.fields(TrainConfig)]
+    run_options = ["--out", "--resume", "--export", "--models-dir", "--eval-only", "--no-progress"]
+    for option in [*config_options, *run_options, "--no-channels-last", "--no-compile"]:
+        assert f"{option} " in text or f"{option}\n" in text, option
+    flat = " ".join(text.split())
+    assert "global mini-batch size (default: 128)" in flat and "base learning rate (default: 0.1)" in flat
+
+
+def test_options_not_given_take_the_configs_defaults() -> None:
+    config = train.config_from_args(train.build_parser().parse_args(["--data", "somewhere/shapes"]))
+    assert config == dataclasses.replace(TrainConfig(), data="somewhere/shapes", dataset="shapes")
 
 
 def test_eval_only_reports_both_crop_modes(
@@ -179,8 +228,6 @@ def test_eval_only_reports_both_crop_modes(
 ) -> None:
     assert train.main([*train_args, "--iterations", "4"]) == 0
     caplog.clear()
-    import logging
-
     with caplog.at_level(logging.INFO):
         assert train.main(["--eval-only", str(tmp_path / "run" / "last.pt"), "--device", "cpu"]) == 0
     assert "1-crop" in caplog.text and "10-crop" in caplog.text
@@ -214,3 +261,4 @@ def test_imagenet_style_training_runs_on_large_images(tmp_path: Path) -> None:
     assert checkpoint["iteration"] == 2 and checkpoint["config"]["arch"] == "resnet18"
     final = checkpoint["history"][-1]["final"]
     assert final["resize_size"] == 256 and 0 <= final["test_error_10crop"] <= 1
+    assert checkpoint["results"]["mean"] == [123.675, 116.28, 103.53]  # ImageNet's, not measured
