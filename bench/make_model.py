@@ -34,13 +34,14 @@ def make_model(force: bool = False) -> Path:
         return MODEL_PATH
     import torch
 
-    from training.export import ModelCard, PixelInput, export_model
+    from service.model_contract import ModelCard
+    from training.export import PixelInput, export_model
 
     network = build_network()
     STATE_PATH.parent.mkdir(parents=True, exist_ok=True)
     torch.save(network.state_dict(), STATE_PATH)
     card = ModelCard(
-        labels=[f"class{i}" for i in range(1000)],
+        labels=tuple(f"class{i}" for i in range(1000)),
         crop_size=CROP_SIZE,
         resize_size=RESIZE_SIZE,
         arch="resnet50",

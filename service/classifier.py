@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from service.batcher import DynamicBatcher, Reservation
-from service.errors import InferenceFailed, InvalidParameter, Overloaded, RequestTimeout
+from service.batcher import Reservation
+from service.errors import InvalidParameter, Overloaded, RequestTimeout
 from service.metrics import Metrics
 from service.preprocess import CROP_COUNTS, make_crops, preprocess, softmax
 from service.registry import LoadedModel
@@ -91,13 +91,7 @@ class Classifier:
 
     def check_admission(self, model: LoadedModel, rows: int, timeout_s: float | None = None) -> None:
         """503 now if ``rows`` more of ``model`` could not be answered in time; nothing is reserved."""
-        self._batcher(model).check_admission(rows, self.deadline_s(timeout_s) * ADMISSION_HEADROOM)
-
-    @staticmethod
-    def _batcher(model: LoadedModel) -> DynamicBatcher:
-        if model.batcher is None:
-            raise InferenceFailed(f"model {model.name} has no batcher")
-        return model.batcher
+        model.batcher.check_admission(rows, self.deadline_s(timeout_s) * ADMISSION_HEADROOM)
 
     async def classify_bytes(
         self, model: LoadedModel, data: bytes, crops: int, *, timeout_s: float | None = None
@@ -137,7 +131,7 @@ class Classifier:
     ) -> ImageResult:
         timeout = self.deadline_s(timeout_s)
         # 503 now, not 504 later
-        reservation = self._batcher(model).reserve(rows, timeout * ADMISSION_HEADROOM)
+        reservation = model.batcher.reserve(rows, timeout * ADMISSION_HEADROOM)
         try:
             return await asyncio.wait_for(self._run(model, prepare, reservation), timeout)
         except asyncio.TimeoutError:
@@ -158,7 +152,6 @@ class Classifier:
     async def _run(
         self, model: LoadedModel, prepare: Callable[[], np.ndarray], reservation: Reservation
     ) -> ImageResult:
-        assert model.batcher is not None
         started = time.perf_counter()
         rows = await self._prepare(prepare)
         decoded = time.perf_counter()

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from starlette.exceptions import HTTPException
 
+from service.image_errors import ImageError
+
 INTERNAL_MESSAGE = "internal error; the service log has details"
 
 
@@ -23,7 +25,7 @@ class ServiceError(Exception):
         self.retry_after = retry_after
 
 
-class InvalidImage(ServiceError):
+class InvalidImage(ServiceError, ImageError):
     """The upload is empty, truncated, corrupt or not an image format the service decodes."""
 
     status_code = 400
@@ -71,7 +73,7 @@ class PayloadTooLarge(ServiceError, HTTPException):
         HTTPException.__init__(self, status_code=413, detail=message)
 
 
-class ImageTooLarge(ServiceError):
+class ImageTooLarge(ServiceError, ImageError):
     """The image declares more pixels than ``SERVE_MAX_IMAGE_PIXELS`` (a decompression bomb)."""
 
     status_code = 413

@@ -1,17 +1,17 @@
-"""The served models: loading, checking, warming up and atomically swapping versions.
+"""The served models: which version of each file serves, swapped atomically, old ones drained.
 
 Every ``*.onnx`` file in the models directory is one model named after its stem. A new or changed
-file is loaded off the event loop; only a version that passed the contract checks and a warm-up
-run replaces the one serving (a single reference swap on the event loop). Requests hold the version
-they started with until they finish; the old version is closed when its last request is done. A
-broken file leaves the old version serving and is reported in ``/models``, the log and the metrics.
+file is loaded by ``service.loader`` (off the event loop); only a complete version (contract checked,
+warmed up, batcher running) replaces the one serving, in a single reference swap on the event loop.
+Requests hold the version they started with until they finish; the old version is closed when its
+last request is done. A broken file leaves the old version serving and is reported in ``/models``,
+the log and the metrics.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator
 from concurrent.futures import Executor
 from contextlib import asynccontextmanager, suppress
@@ -19,15 +19,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
-import numpy as np
-
-from service.batcher import DynamicBatcher
 from service.errors import ModelNotFound, ServiceUnavailable
+from service.loader import LoadedModel, ModelLoader
 from service.metrics import Metrics
-from service.model_metadata import InvalidModelError, ModelMetadata, read_model_metadata
-from service.runtime import create_session
+from service.model_contract import InvalidModelError
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -59,32 +56,6 @@ class FileSignature(NamedTuple):
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
-
-
-@dataclass
-class LoadedModel:
-    """One warmed-up version of a model, with its session and batcher."""
-
-    name: str
-    path: Path
-    metadata: ModelMetadata
-    session: Any  # onnxruntime.InferenceSession (or a stand-in in tests)
-    providers: list[str]
-    input_name: str
-    output_name: str
-    loaded_at: datetime = field(default_factory=_now)
-    batcher: DynamicBatcher | None = None
-    seconds_per_row: float | None = None  # measured by the warm-up; admission's first estimate
-    users: int = 0
-    idle: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def infer(self, rows: np.ndarray) -> np.ndarray:
-        """Blocking session run: uint8 rows in, float32 logits out."""
-        return np.asarray(self.session.run([self.output_name], {self.input_name: rows})[0])
-
-    @property
-    def provider(self) -> str:
-        return self.providers[0] if self.providers else "unknown"
 
 
 @dataclass
@@ -128,12 +99,12 @@ def list_model_files(directory: Path) -> dict[str, tuple[Path, FileSignature]]:
 
 
 class ModelRegistry:
-    """Loads the models directory and hands requests the version currently serving."""
+    """Keeps the version serving each file of the models directory (built by the loader) and hands it out."""
 
     def __init__(self, settings: Settings, metrics: Metrics, infer_executor: Executor | None = None) -> None:
         self.settings = settings
         self.metrics = metrics
-        self._executor = infer_executor
+        self._loader = ModelLoader(settings, metrics, infer_executor)
         self._entries: dict[str, ModelEntry] = {}
         self._scan_lock = asyncio.Lock()
         self._draining: set[asyncio.Task[None]] = set()
@@ -157,8 +128,12 @@ class ModelRegistry:
             return PREFERRED_DEFAULT
         return ready[0] if ready else None
 
-    def resolve(self, name: str | None) -> LoadedModel:
-        """The version serving ``name`` (default model when None); 404/503 errors otherwise."""
+    def resolve(self, name: str | None, version: str | None = None) -> LoadedModel:
+        """The version serving ``name`` (default model when None); 404/503 errors otherwise.
+
+        With ``version``, 404 unless that is the version serving: a request checked against one version
+        is never answered by another.
+        """
         wanted = name or self.default_name()
         if wanted is None:
             raise ServiceUnavailable("no model is ready yet")
@@ -166,16 +141,21 @@ class ModelRegistry:
         if entry is None:
             served = ", ".join(self.ready_names()) or "none"
             raise ModelNotFound(f"unknown model {wanted!r} (served: {served})")
-        if entry.current is not None:
-            return entry.current
-        if entry.state is ModelState.LOADING:
-            raise ServiceUnavailable(f"model {wanted!r} is still loading")
-        raise ModelNotFound(f"model {wanted!r} is not served: {entry.error}")
+        model = entry.current
+        if model is None:
+            if entry.state is ModelState.LOADING:
+                raise ServiceUnavailable(f"model {wanted!r} is still loading")
+            raise ModelNotFound(f"model {wanted!r} is not served: {entry.error}")
+        if version is not None and version != model.metadata.version:
+            raise ModelNotFound(
+                f"model {wanted!r} has no version {version!r} (serving {model.metadata.version!r})"
+            )
+        return model
 
     @asynccontextmanager
-    async def use(self, name: str | None) -> AsyncIterator[LoadedModel]:
-        """Hold the serving version of ``name`` for the duration of a request."""
-        model = self.resolve(name)
+    async def use(self, name: str | None, version: str | None = None) -> AsyncIterator[LoadedModel]:
+        """Hold the serving version of ``name`` (which must be ``version`` if given) during a request."""
+        model = self.resolve(name, version)
         model.users += 1
         model.idle.clear()
         try:
@@ -214,7 +194,7 @@ class ModelRegistry:
         entry.signature, entry.loading, entry.path = signature, True, path
         log.info("loading model %s from %s", name, path)
         try:
-            model = await asyncio.to_thread(self._load_blocking, name, path)
+            model = await self._loader.load(name, path)
         except InvalidModelError as exc:
             return self._failed(entry, ModelState.REFUSED, str(exc))
         except Exception as exc:
@@ -225,69 +205,7 @@ class ModelRegistry:
         self._swap(entry, model)
         return None
 
-    def _load_blocking(self, name: str, path: Path) -> LoadedModel:
-        """Read, check and warm up one file (in a worker thread)."""
-        s = self.settings
-        metadata = read_model_metadata(path)
-        session = create_session(
-            path,
-            s.provider_list,
-            s.trt_cache_dir,
-            fp16=s.trt_fp16,
-            crop_size=metadata.crop_size,
-            max_batch_size=s.max_batch_size,
-            intra_op_threads=s.intra_op_threads,
-        )
-        if dict(session.get_modelmeta().custom_metadata_map) != dict(metadata.properties):
-            raise RuntimeError(
-                "the file changed while it was being loaded; it is loaded again on its next change"
-            )
-        outputs = [o.name for o in session.get_outputs()]
-        model = LoadedModel(
-            name=name,
-            path=path,
-            metadata=metadata,
-            session=session,
-            providers=list(session.get_providers()),
-            input_name=session.get_inputs()[0].name,
-            output_name="logits" if "logits" in outputs else outputs[0],
-        )
-        model.idle.set()
-        self._warm_up(model)
-        return model
-
-    def _warm_up(self, model: LoadedModel) -> None:
-        """Run the shapes traffic will use, so the first request is not slow; check the output width.
-
-        The largest batch runs too: ONNX Runtime's memory arena grows to its high-water mark now, so
-        the resident size after loading is what a burst will take (no surprise peak later), and
-        TensorRT builds its engine for the whole profile.
-        """
-        crop = model.metadata.crop_size
-        sizes = {1, min(10, self.settings.max_batch_size), self.settings.max_batch_size}
-        for n in sorted(sizes):
-            started = time.perf_counter()
-            logits = model.infer(np.zeros((n, crop, crop, 3), dtype=np.uint8))
-            model.seconds_per_row = (time.perf_counter() - started) / n  # the largest batch is last
-            if logits.shape != (n, model.metadata.num_classes):
-                raise InvalidModelError(
-                    f"the model outputs shape {list(logits.shape)} for {n} images, but it has "
-                    f"{model.metadata.num_classes} labels"
-                )
-
     def _swap(self, entry: ModelEntry, model: LoadedModel) -> None:
-        s = self.settings
-        model.batcher = DynamicBatcher(
-            model.infer,
-            max_batch_size=s.max_batch_size,
-            max_queue_delay_s=s.max_queue_delay_s,
-            max_queue_size=s.max_queue_size,
-            executor=self._executor,
-            observer=self.metrics.observer(entry.name),
-            name=entry.name,
-            seconds_per_row=model.seconds_per_row,
-        )
-        model.batcher.start()
         old, entry.current = entry.current, model
         entry.state, entry.error, entry.updated_at = ModelState.READY, None, _now()
         if old is not None:
@@ -341,8 +259,7 @@ class ModelRegistry:
     async def _drain(model: LoadedModel) -> None:
         """Let the requests holding ``model`` finish, then stop its batcher and drop its session."""
         await model.idle.wait()
-        if model.batcher is not None:
-            await model.batcher.close()
+        await model.batcher.close()
         model.session = None
 
     async def close(self) -> None:

@@ -1,10 +1,17 @@
-"""Response bodies of the service API (they also document it at ``/docs``)."""
+"""Response bodies of the service API (they also document it at ``/docs``).
+
+A model's metadata fields are not listed here: they are the public fields of the model contract
+(``service.model_contract``), so the API shows what an exported file carries, no more and no less.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, create_model
+
+from service.model_contract import public_fields
 
 
 class ErrorBody(BaseModel):
@@ -53,24 +60,27 @@ class BatchResponse(BaseModel):
     results: list[BatchItem] = Field(description="one entry per image part, in request order")
 
 
-class ModelInfo(BaseModel):
+class ModelFile(BaseModel):
     name: str
     status: str = Field(description="ready, loading, refused (breaks the model contract) or failed")
     loading: bool = Field(description="a new file version is being loaded")
     error: str | None = Field(default=None, description="why the file is not (or no longer) served")
     file: str
-    version: str | None = None
-    arch: str | None = None
-    dataset: str | None = None
-    crop_size: int | None = None
-    resize_size: int | None = None
-    num_labels: int | None = None
-    test_error_1crop: float | None = None
-    test_error_10crop: float | None = None
-    created: str | None = None
-    checkpoint_sha256: str | None = None
-    schema_version: str | None = None
-    opset: int | None = None
+
+
+def _with_contract_fields() -> type[ModelFile]:
+    """``ModelFile`` plus the public contract fields, each optional: a file not served has none."""
+    fields: dict[str, Any] = {name: (kind | None, None) for name, kind in public_fields().items()}
+    return create_model("ServedModelFile", __base__=ModelFile, **fields)
+
+
+if TYPE_CHECKING:  # mypy cannot see fields made at run time; to it the base is the plain ModelFile
+    ServedModelFile = ModelFile
+else:
+    ServedModelFile = _with_contract_fields()
+
+
+class ModelInfo(ServedModelFile):
     providers: list[str] = Field(default_factory=list, description="execution providers in use")
     loaded_at: datetime | None = None
     default: bool = False

@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.defaults import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_PROVIDERS, DEFAULT_TRT_CACHE_DIR
 from service.preprocess import DEFAULT_MAX_RESIZED_PIXELS
 
 PROVIDER_ALIASES = {
@@ -38,12 +39,12 @@ class Settings(BaseSettings):
         "else the first ready model alphabetically)",
     )
     providers: str = Field(
-        default="tensorrt,cuda,cpu",
+        default=DEFAULT_PROVIDERS,
         description="ONNX Runtime execution providers in order of preference (tensorrt, cuda, cpu or "
         "full provider names), comma-separated",
     )
     trt_cache_dir: Path = Field(
-        default=Path("cache/tensorrt"), description="writable directory for TensorRT engine and timing caches"
+        default=DEFAULT_TRT_CACHE_DIR, description="writable directory for TensorRT engine and timing caches"
     )
     trt_fp16: bool = Field(default=True, description="let TensorRT build FP16 engines")
     intra_op_threads: int = Field(
@@ -64,7 +65,9 @@ class Settings(BaseSettings):
         default=20 * 1024 * 1024, ge=1, description="largest request body in bytes (413 above it)"
     )
     max_image_pixels: int = Field(
-        default=64_000_000, ge=1, description="largest declared image size in pixels (413 above it)"
+        default=DEFAULT_MAX_IMAGE_PIXELS,
+        ge=1,
+        description="largest declared image size in pixels (413 above it)",
     )
     max_resized_pixels: int = Field(
         default=DEFAULT_MAX_RESIZED_PIXELS,

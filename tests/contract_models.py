@@ -8,7 +8,6 @@ and fixed pseudo-random weights: a stand-in with the shipped model's shape.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -16,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
+from service.model_contract import ModelCard, metadata_props
 
 COLORS = ("red", "green", "blue")
 CIFAR10_LABELS = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -34,7 +35,8 @@ def mean_rgb_model(
 ) -> onnx.ModelProto:
     """``logits = mean_rgb(image) @ weights`` (Cast -> ReduceMean over H, W -> MatMul) with contract metadata.
 
-    ``overrides`` replaces metadata values and ``drop`` removes keys, for tests of the service's refusals.
+    The metadata is the contract's writer's (10-crop error not measured); ``overrides`` replaces values and
+    ``drop`` removes keys, for tests of the service's refusals.
     """
     labels = list(labels)
     weights = np.asarray(weights, dtype=np.float32)
@@ -54,20 +56,18 @@ def mean_rgb_model(
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    props = {
-        "schema_version": "1",
-        "labels": json.dumps(labels),
-        "crop_size": str(crop),
-        "resize_size": str(resize),
-        "arch": arch,
-        "dataset": "synthetic",
-        "test_error_1crop": "0.25",
-        "test_error_10crop": "null",
-        "created": "2025-01-01T00:00:00Z",
-        "checkpoint_sha256": "0" * 64,
-        "version": version,
-    }
-    props.update(overrides or {})
+    card = ModelCard(
+        labels=tuple(labels),
+        crop_size=crop,
+        resize_size=resize,
+        arch=arch,
+        dataset="synthetic",
+        test_error_1crop=0.25,
+        created="2025-01-01T00:00:00Z",
+        checkpoint_sha256="0" * 64,
+        version=version,
+    )
+    props = {**metadata_props(card), **(overrides or {})}
     for key in drop:
         props.pop(key, None)
     helper.set_model_props(model, props)
@@ -109,6 +109,26 @@ def cifar_like_model(crop: int = 32, resize: int = 36, seed: int = 0) -> onnx.Mo
     """Ten CIFAR-10 labels, seeded random weights: the shipped model's interface at a fraction of its size."""
     weights = np.random.default_rng(seed).normal(0.0, 0.02, size=(3, len(CIFAR10_LABELS)))
     return mean_rgb_model(CIFAR10_LABELS, weights, crop=crop, resize=resize, arch="tiny-cifar")
+
+
+def with_outputs(model: onnx.ModelProto, logits: str, first: str | None = None) -> onnx.ModelProto:
+    """``model`` with its logits output named ``logits``; with ``first``, a softmax output listed first."""
+    graph = model.graph
+    for node in graph.node:
+        renamed = [logits if name == graph.output[0].name else name for name in node.output]
+        del node.output[:]
+        node.output.extend(renamed)
+    graph.output[0].name = logits
+    if first is not None:
+        graph.node.append(helper.make_node("Softmax", [logits], [first]))
+        softmax = onnx.ValueInfoProto()
+        softmax.CopyFrom(graph.output[0])
+        softmax.name = first
+        outputs = [softmax, *graph.output]
+        del graph.output[:]
+        graph.output.extend(outputs)
+    onnx.checker.check_model(model)
+    return model
 
 
 def publish(path: Path, content: onnx.ModelProto | bytes) -> Path:

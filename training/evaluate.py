@@ -1,11 +1,12 @@
 """Evaluate an exported ONNX model on an ImageFolder exactly as the service would classify its images.
 
 ``python training/evaluate.py MODEL.onnx --data DIR [--crops 1|10]`` reads the model's contract metadata
-with the service's reader, decodes and crops every image with the service's own code
-(``service.preprocess.preprocess``: same decoder, JPEG draft, resize and crops), runs the crops through an
-ONNX Runtime session made by ``service.runtime.create_session`` in batches, and averages the softmax over
-an image's crops as the service does. It prints top-1/top-5 error, a per-class table and images/s, and
-with ``--out DIR`` writes ``summary.json``, ``per_class.json``, ``per_class.csv`` and ``confusion.png``.
+with the reader the service uses (``service.model_contract``), decodes and crops every image with the
+service's own code (``service.preprocess.preprocess``: same decoder, JPEG draft, resize and crops), runs
+the crops through an ONNX Runtime session made by ``service.runtime.create_session`` in batches, and
+averages the softmax over an image's crops as the service does. It prints top-1/top-5 error, a per-class
+table and images/s, and with ``--out DIR`` writes ``summary.json``, ``per_class.json``, ``per_class.csv``
+and ``confusion.png``.
 
 Data: ``DIR/test`` (or ``DIR/val``) when present, else ``DIR`` itself, holding one folder per class.
 Folder names must be model labels (any subset of them), or, for models with many classes such as
@@ -34,11 +35,11 @@ from typing import IO, Any
 
 import numpy as np
 
-from service.errors import ServiceError
-from service.model_metadata import InvalidModelError, ModelMetadata, read_model_metadata
+from service.defaults import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_PROVIDERS, DEFAULT_TRT_CACHE_DIR
+from service.image_errors import ImageError
+from service.model_contract import InvalidModelError, ModelMetadata, read_model_metadata
 from service.preprocess import CROP_COUNTS, preprocess, softmax
 from service.runtime import create_session
-from service.settings import Settings
 from training.checkpoint import atomic_write
 from training.data import DataError, scan_split, split_dir
 
@@ -46,12 +47,6 @@ log = logging.getLogger(__name__)
 
 TOP_K = 5
 WORST_SHOWN = 20  # per-class rows printed when there are many classes (all of them go to per_class.csv)
-SERVICE_DEFAULTS = Settings.model_fields  # the service's own defaults: providers, pixel limit, TRT cache
-
-
-def service_default(name: str) -> Any:
-    return SERVICE_DEFAULTS[name].default
-
 
 # ---------------------------------------------------------------- data
 
@@ -137,7 +132,7 @@ def load_rows(path: Path, meta: ModelMetadata, crops: int, max_pixels: int) -> n
             crops=crops,
             max_pixels=max_pixels,
         )
-    except (ServiceError, OSError) as exc:
+    except (ImageError, OSError) as exc:
         return f"{path}: {exc}"
 
 
@@ -146,18 +141,11 @@ def chunks(items: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
         yield items[start : start + size]
 
 
-def output_name(session: Any) -> str:
-    names = [output.name for output in session.get_outputs()]
-    return "logits" if "logits" in names else names[0]
-
-
 def predict(
     session: Any, meta: ModelMetadata, paths: Sequence[Path], crops: int, batch_size: int, threads: int
 ) -> Predictions:
     """Classify ``paths``: crops of several images per session run, the next batch decoding meanwhile."""
     per_run = max(1, batch_size // crops)
-    input_name, logits_name = session.get_inputs()[0].name, output_name(session)
-    max_pixels = int(service_default("max_image_pixels"))
     probabilities: list[np.ndarray] = []
     kept: list[int] = []
     skipped: list[str] = []
@@ -166,7 +154,7 @@ def predict(
     with ThreadPoolExecutor(max_workers=threads) as pool:
 
         def submit(batch: Sequence[Path]) -> list[Future[np.ndarray | str]]:
-            return [pool.submit(load_rows, path, meta, crops, max_pixels) for path in batch]
+            return [pool.submit(load_rows, path, meta, crops, DEFAULT_MAX_IMAGE_PIXELS) for path in batch]
 
         batches = chunks(paths, per_run)
         pending = submit(next(batches, []))
@@ -180,7 +168,7 @@ def predict(
             index += len(results)
             if rows:
                 run_started = time.perf_counter()
-                logits = session.run([logits_name], {input_name: np.concatenate(rows)})[0]
+                logits = session.run([meta.output_name], {meta.input_name: np.concatenate(rows)})[0]
                 inference += time.perf_counter() - run_started
                 probabilities.append(softmax(logits).reshape(len(rows), crops, -1).mean(axis=1))
     for reason in skipped:
@@ -282,11 +270,11 @@ def evaluate(
         raise ValueError(f"crops must be 1 or 10, not {crops}")
     meta = read_model_metadata(model)
     dataset = load_dataset(data, meta.labels, limit)
-    wanted = list(providers or str(service_default("providers")).split(","))
     session = create_session(
         model,
-        wanted,
-        service_default("trt_cache_dir"),
+        list(providers or DEFAULT_PROVIDERS.split(",")),
+        DEFAULT_TRT_CACHE_DIR,
+        input_name=meta.input_name,
         crop_size=meta.crop_size,
         max_batch_size=max(batch_size, crops),
     )
@@ -406,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="write summary.json, per_class.json/.csv, confusion.png")
     parser.add_argument(
         "--providers",
-        default=service_default("providers"),
+        default=DEFAULT_PROVIDERS,
         help="ONNX Runtime providers, best first, as the service names them (default: %(default)s)",
     )
     args = parser.parse_args(argv)

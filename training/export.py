@@ -2,8 +2,9 @@
 
 ``python training/export.py CKPT`` writes ``models/<arch>-<dataset>.onnx``: input ``image`` uint8
 [N, H, W, 3] RGB, the normalisation inside the graph, output ``logits`` [N, classes], and the metadata of the
-contract in ``models/README.md``. ONNX Runtime must agree with PyTorch (max |logit difference| <= 1e-4 and the
-same top-1) or nothing is published; publishing is atomic (temp file, fsync, rename).
+model contract, which ``service/model_contract.py`` declares and writes (``models/README.md`` documents it).
+This module is the PyTorch half only. ONNX Runtime must agree with PyTorch (max |logit difference| <= 1e-4
+and the same top-1) or nothing is published; publishing is atomic (temp file, fsync, rename).
 """
 
 from __future__ import annotations
@@ -15,11 +16,8 @@ if __package__ in (None, ""):  # run as a script: make the repository's packages
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import argparse
-import json
 import logging
 import tempfile
-import time
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -27,13 +25,13 @@ import onnx
 import torch
 from torch import Tensor, nn
 
+from service.model_contract import IMAGE_INPUT, LOGITS_OUTPUT, ModelCard, write_metadata
 from training.checkpoint import atomic_write, load_checkpoint, sha256_file
 from training.models import ARCHITECTURES, build_model
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "1"
-OPSET = 18
+OPSET = 18  # at least the contract's MIN_OPSET
 PARITY_TOLERANCE = 1e-4
 
 
@@ -65,36 +63,6 @@ class PixelInput(nn.Module):
         return self.network(x.permute(0, 3, 1, 2))
 
 
-@dataclass
-class ModelCard:
-    """The metadata the service needs to serve a model correctly (see ``models/README.md``)."""
-
-    labels: list[str]
-    crop_size: int
-    resize_size: int
-    arch: str
-    dataset: str
-    checkpoint_sha256: str
-    test_error_1crop: float | None = None
-    test_error_10crop: float | None = None
-
-    def metadata(self) -> dict[str, str]:
-        now = time.gmtime()
-        return {
-            "schema_version": SCHEMA_VERSION,
-            "labels": json.dumps(self.labels),
-            "crop_size": str(self.crop_size),
-            "resize_size": str(self.resize_size),
-            "arch": self.arch,
-            "dataset": self.dataset,
-            "test_error_1crop": json.dumps(self.test_error_1crop),
-            "test_error_10crop": json.dumps(self.test_error_10crop),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", now),
-            "checkpoint_sha256": self.checkpoint_sha256,
-            "version": time.strftime("%Y%m%dT%H%M%SZ", now),
-        }
-
-
 def to_onnx(model: PixelInput, crop_size: int, target: Path) -> None:
     """Trace ``model`` into ``target`` with a dynamic batch dimension."""
     example = torch.zeros(2, crop_size, crop_size, 3, dtype=torch.uint8)
@@ -102,11 +70,11 @@ def to_onnx(model: PixelInput, crop_size: int, target: Path) -> None:
     program = torch.onnx.export(
         model,
         (example,),
-        input_names=["image"],
-        output_names=["logits"],
+        input_names=[IMAGE_INPUT],
+        output_names=[LOGITS_OUTPUT],
         opset_version=OPSET,
         dynamo=True,
-        dynamic_shapes={"image": {0: batch}},
+        dynamic_shapes={IMAGE_INPUT: {0: batch}},
         external_data=False,
         verbose=False,
     )
@@ -121,7 +89,7 @@ def check_parity(model: PixelInput, path: Path, crop_size: int, samples: np.ndar
     rng = np.random.default_rng(0)
     batch = samples if samples is not None else rng.integers(0, 256, (8, crop_size, crop_size, 3), np.uint8)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    onnx_logits = session.run(["logits"], {"image": batch})[0]
+    onnx_logits = session.run([LOGITS_OUTPUT], {IMAGE_INPUT: batch})[0]
     with torch.no_grad():
         torch_logits = model(torch.from_numpy(batch)).numpy()
     difference = float(np.abs(onnx_logits - torch_logits).max())
@@ -135,16 +103,14 @@ def check_parity(model: PixelInput, path: Path, crop_size: int, samples: np.ndar
 
 
 def export_model(model: PixelInput, card: ModelCard, target: Path, samples: np.ndarray | None = None) -> Path:
-    """Export, check parity, attach the metadata and publish ``target`` atomically."""
+    """Export, check parity, attach ``card`` stamped with the export time, publish ``target`` atomically."""
     model.eval()
     with tempfile.TemporaryDirectory(prefix="export-") as scratch:
         raw = Path(scratch) / "model.onnx"
         to_onnx(model, card.crop_size, raw)
         proto = onnx.load(str(raw))
         onnx.checker.check_model(proto)
-        for key, value in card.metadata().items():
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = key, value
+        write_metadata(proto, card.stamped())
         proto.doc_string = f"{card.arch} trained on {card.dataset}; contract: models/README.md"
         checked = Path(scratch) / "checked.onnx"
         onnx.save(proto, str(checked))

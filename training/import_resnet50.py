@@ -36,8 +36,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from service.model_contract import ModelCard
 from training.checkpoint import sha256_file
-from training.export import ExportError, ModelCard, PixelInput, export_model
+from training.export import ExportError, PixelInput, export_model
 from training.models import Bottleneck, ResNet
 
 log = logging.getLogger(__name__)
@@ -496,7 +497,7 @@ def import_resnet50(
     network, layout = convert(package)
     crop = crop_size_of(package)
     card = ModelCard(
-        labels=package.labels,
+        labels=tuple(package.labels),
         crop_size=crop,
         resize_size=round(crop * RESIZE_PER_CROP),
         arch=layout.arch,

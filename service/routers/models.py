@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 
 from service.errors import ModelNotFound
-from service.model_metadata import describe
+from service.model_contract import describe
 from service.registry import ModelEntry
 from service.schemas import ErrorResponse, ModelDetail, ModelInfo, ModelList
 from service.state import ServiceState, get_state

@@ -47,13 +47,6 @@ SERVER_NAME = "resnet-serve"
 EXTENSIONS = ["binary_tensor_data", "classification"]
 
 
-def _served(state: ServiceState, name: str, version: str | None) -> LoadedModel:
-    model = state.registry.resolve(name)
-    if version is not None and version != model.metadata.version:
-        raise ModelNotFound(f"model {name!r} has no version {version!r} (serving {model.metadata.version!r})")
-    return model
-
-
 def _status(ok: bool, key: str) -> JSONResponse:
     """Health answers: 200 when true, 400 when false (the protocol wants a 4xx)."""
     return JSONResponse({key: ok}, status_code=200 if ok else 400)
@@ -92,19 +85,19 @@ def _metadata(model: LoadedModel) -> dict[str, Any]:
 
 @router.get("/models/{name}", summary="Model metadata")
 async def model_metadata(name: str, state: ServiceState = Depends(get_state)) -> dict[str, Any]:
-    return _metadata(_served(state, name, None))
+    return _metadata(state.registry.resolve(name))
 
 
 @router.get("/models/{name}/versions/{version}", summary="Model metadata of one version")
 async def model_version_metadata(
     name: str, version: str, state: ServiceState = Depends(get_state)
 ) -> dict[str, Any]:
-    return _metadata(_served(state, name, version))
+    return _metadata(state.registry.resolve(name, version))
 
 
 def _model_ready(state: ServiceState, name: str, version: str | None) -> JSONResponse:
     try:
-        _served(state, name, version)
+        state.registry.resolve(name, version)
     except ModelNotFound:
         raise
     except ServiceError:
@@ -182,13 +175,13 @@ def _output_tensors(
 
 async def _infer(request: Request, state: ServiceState, name: str, version: str | None) -> Response:
     # 404, or 503 when not even one crop could be answered in time, before reading the body.
-    state.classifier.check_admission(_served(state, name, version), 1)
+    state.classifier.check_admission(state.registry.resolve(name, version), 1)
     infer, buffers = parse_request(await request.body(), request.headers.get(HEADER_LENGTH))
     if len(infer.inputs) != 1:
         raise BadRequest("send exactly one input: BYTES encoded images or UINT8 [N, H, W, 3] pixels")
     crops = check_crops(infer.parameters.get("crops", 10))
     plan = _output_plan(infer)
-    async with state.registry.use(name) as served:
+    async with state.registry.use(name, version) as served:  # the version admitted above, or 404
         results = await _classify_input(state, served, infer.inputs[0], buffers[0], crops)
     labels = served.metadata.labels
     probabilities = (

@@ -1,16 +1,27 @@
-"""The model contract: what is read from an exported file, and what gets a model refused."""
+"""The model contract: what is written into and read from a model file, and what gets a model refused."""
 
 from __future__ import annotations
 
+import calendar
 import logging
 from pathlib import Path
 
+import onnx
 import pytest
-from contract_models import COLORS, colour_model, publish
+from contract_models import COLORS, colour_model, publish, with_outputs
 
 from service import runtime
-from service.model_metadata import InvalidModelError, read_model_metadata
+from service.model_contract import (
+    CONTRACT_KEYS,
+    InvalidModelError,
+    ModelCard,
+    describe,
+    public_fields,
+    read_model_metadata,
+    write_metadata,
+)
 from service.runtime import CPU, create_session, normalize_providers, tensorrt_options, usable_providers
+from service.schemas import ModelDetail, ModelInfo
 from service.settings import Settings
 
 
@@ -60,6 +71,54 @@ def test_a_file_that_is_not_onnx_is_refused(tmp_path: Path) -> None:
     path.write_bytes(b"\x00garbage\xff" * 10)
     with pytest.raises(InvalidModelError):
         read_model_metadata(path)
+
+
+CARD = ModelCard(
+    labels=("tabby cat", 'say "cheese"', "naïve, comma"),
+    crop_size=8,
+    resize_size=12,
+    arch="resnet20",
+    dataset="cifar10",
+    test_error_1crop=0.0831,
+    checkpoint_sha256="ab" * 32,
+).stamped(calendar.timegm((2025, 3, 4, 5, 6, 7)))
+
+
+def test_written_metadata_reads_back_as_the_same_card(tmp_path: Path) -> None:
+    model = colour_model(overrides={"author": "someone"})
+    write_metadata(model, CARD)
+    meta = read_model_metadata(publish(tmp_path / "m.onnx", model))
+    assert ModelCard(**{key: getattr(meta, key) for key in CONTRACT_KEYS}) == CARD
+    assert (meta.created, meta.version) == ("2025-03-04T05:06:07Z", "20250304T050607Z")
+    assert meta.test_error_10crop is None and meta.properties["test_error_10crop"] == "null"
+    assert meta.properties["author"] == "someone"  # keys outside the contract are kept
+
+
+def test_the_logits_output_is_chosen_by_name_else_the_first(tmp_path: Path) -> None:
+    both = read_model_metadata(publish(tmp_path / "a.onnx", with_outputs(colour_model(), "logits", "probs")))
+    only = read_model_metadata(publish(tmp_path / "b.onnx", with_outputs(colour_model(), "scores")))
+    assert (both.input_name, both.output_name) == ("image", "logits")
+    assert only.output_name == "scores"
+
+
+def test_an_output_that_is_not_float_logits_is_refused(tmp_path: Path) -> None:
+    model = colour_model()
+    model.graph.output[0].type.tensor_type.elem_type = onnx.TensorProto.INT64
+    with pytest.raises(InvalidModelError, match="must be float32 logits"):
+        read_model_metadata(publish(tmp_path / "m.onnx", model))
+
+
+def test_the_api_shows_every_public_contract_field(tmp_path: Path) -> None:
+    meta = read_model_metadata(publish(tmp_path / "m.onnx", colour_model()))
+    shown = describe(meta)
+    assert list(shown) == list(public_fields())
+    assert shown["num_labels"] == 3 and shown["opset"] == 17 and "labels" not in shown
+    for name, kind in public_fields().items():  # each optional: a file not served has none
+        assert ModelInfo.model_fields[name].annotation == kind | None
+    info = ModelDetail(name="m", status="ready", loading=False, file="m.onnx", labels=list(COLORS), **shown)
+    assert info.model_dump(include=set(shown)) == shown
+    documented = ModelDetail.model_json_schema()["properties"]
+    assert [name for name in documented if name in shown] == list(shown)  # in /docs, in the same order
 
 
 def test_no_gpu_means_cpu_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -1,7 +1,7 @@
 """Offline evaluation through ONNX Runtime with the service's preprocessing, on a model with known answers.
 
-The model (built with onnx.helper, following the contract of models/README.md) scores each image by the mean
-of its colour channels: classes red/green/blue score +R/+G/+B and not_red/not_green/not_blue score -R/-G/-B.
+The model (the mean-colour model of ``tests/contract_models.py``) scores each image by the mean of its
+colour channels: classes red/green/blue score +R/+G/+B and not_red/not_green/not_blue score -R/-G/-B.
 So a reddish image is predicted "red" and has "not_red" as its least likely class.
 """
 
@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper
+from contract_models import mean_rgb_model, publish
 from PIL import Image
 
+from service.image_errors import ImageError
 from service.preprocess import preprocess, softmax
 from training import evaluate
 from training.data import DataError
@@ -29,27 +29,8 @@ RED, GREEN, BLUE = (200, 40, 20), (30, 210, 60), (10, 50, 190)
 def colour_model(path: Path) -> Path:
     """uint8 [N, H, W, 3] -> mean colour [N, 3] -> logits [N, 6] = (R, G, B, -R, -G, -B) / 50."""
     # Scaled to logits of a few units, as a trained net gives: gaps beyond ~87 underflow the float32 softmax.
-    weights = (np.hstack([np.eye(3), -np.eye(3)]) / 50).astype(np.float32)
-    graph = helper.make_graph(
-        [
-            helper.make_node("Cast", ["image"], ["pixels"], to=TensorProto.FLOAT),
-            helper.make_node("ReduceMean", ["pixels"], ["colour"], axes=[1, 2], keepdims=0),
-            helper.make_node("MatMul", ["colour", "weights"], ["logits"]),
-        ],
-        "colour",
-        [helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", "H", "W", 3])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", len(LABELS)])],
-        [helper.make_tensor("weights", TensorProto.FLOAT, weights.shape, weights.flatten())],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    metadata = {"schema_version": "1", "labels": json.dumps(LABELS), "crop_size": str(CROP)}
-    metadata["resize_size"] = str(RESIZE)
-    for key, value in metadata.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
+    weights = np.hstack([np.eye(3), -np.eye(3)]) / 50
+    return publish(path, mean_rgb_model(LABELS, weights, crop=CROP, resize=RESIZE, arch="colour"))
 
 
 def solid(colour: tuple[int, int, int], seed: int, size: tuple[int, int] = (30, 24)) -> Image.Image:
@@ -208,6 +189,8 @@ def test_unknown_folders_and_undecodable_files(model: Path, tmp_path: Path, capl
     result = evaluate.evaluate(model, mixed, providers=["cpu"])
     assert (result.images, result.skipped, result.top1_error) == (1, 1, 0.0)
     assert "broken.png" in caplog.text
+    with pytest.raises(ImageError, match="not a decodable image"):  # skipped here; the service answers 400
+        preprocess(b"not an image", resize_size=RESIZE, crop_size=CROP, crops=1, max_pixels=10**8)
     code = evaluate.main([str(tmp_path / "missing.onnx"), "--data", str(mixed)])
     assert code == 1 and "not a readable ONNX model" in caplog.text
 

@@ -56,7 +56,8 @@ def test_onnx_runtime_matches_pytorch_for_any_batch_size(exported: Path, trained
 
     network = build_model("resnet20", num_classes=3)
     network.load_state_dict(checkpoint["model"])
-    wrapper = PixelInput(network, checkpoint["config"]["mean"], checkpoint["config"]["std"]).eval()
+    results = checkpoint["results"]  # what the run computed, apart from its config
+    wrapper = PixelInput(network, results["mean"], results["std"]).eval()
     session = ort.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
     for batch in (1, 5):
         pixels = np.random.default_rng(batch).integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8)

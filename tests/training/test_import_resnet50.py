@@ -21,7 +21,7 @@ import torch
 from imagenet_samples import REPO, foolbox_imagenet, foolbox_wheel, skimage_photo
 from PIL import Image
 
-from service.model_metadata import read_model_metadata
+from service.model_contract import read_model_metadata
 from service.preprocess import make_crops, preprocess, softmax
 from training import import_resnet50 as importer
 from training.checkpoint import sha256_file

@@ -1,0 +1,135 @@
+"""From a model file to a served model: contract check, session, warm-up and a running batcher.
+
+:meth:`ModelLoader.load` returns a complete :class:`LoadedModel` or raises: a file that breaks the contract
+raises :class:`~service.model_contract.InvalidModelError`, one ONNX Runtime cannot load or run raises what it
+raised. The registry (``service.registry``) only decides which version serves and drains the ones replaced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.batcher import DynamicBatcher
+from service.metrics import Metrics
+from service.model_contract import InvalidModelError, ModelMetadata, read_model_metadata
+from service.runtime import create_session
+from service.settings import Settings
+
+Infer = Callable[[np.ndarray], np.ndarray]
+# (model name, blocking inference, measured seconds per row) -> a started batcher
+StartBatcher = Callable[[str, Infer, float], DynamicBatcher]
+
+
+def run_logits(session: Any, metadata: ModelMetadata, rows: np.ndarray) -> np.ndarray:
+    """Blocking session run: uint8 rows in, float32 logits out, through the contract's input and output."""
+    return np.asarray(session.run([metadata.output_name], {metadata.input_name: rows})[0])
+
+
+@dataclass(frozen=True)
+class WarmSession:
+    """A session on a checked file that has run the batch sizes traffic will use."""
+
+    metadata: ModelMetadata
+    session: Any  # onnxruntime.InferenceSession
+    seconds_per_row: float  # measured at the largest batch; admission's first estimate
+
+
+class LoadedModel:
+    """One warmed-up version of a model: its session and the running batcher every request goes through.
+
+    Requests hold it (``users``) from start to end; ``idle`` is set whenever none does, so a replaced
+    version is closed only after its last request.
+    """
+
+    def __init__(self, name: str, path: Path, warm: WarmSession, start_batcher: StartBatcher) -> None:
+        self.name = name
+        self.path = path
+        self.metadata = warm.metadata
+        self.session: Any = warm.session  # None once drained
+        self.providers: list[str] = list(warm.session.get_providers())
+        self.loaded_at = datetime.now(timezone.utc)
+        self.users = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self.batcher = start_batcher(name, self.infer, warm.seconds_per_row)
+
+    def infer(self, rows: np.ndarray) -> np.ndarray:
+        """Blocking session run of the session this version holds now."""
+        return run_logits(self.session, self.metadata, rows)
+
+    @property
+    def provider(self) -> str:
+        return self.providers[0] if self.providers else "unknown"
+
+
+class ModelLoader:
+    """Loads files with the service's settings; batchers run on ``executor`` and report to ``metrics``."""
+
+    def __init__(self, settings: Settings, metrics: Metrics, executor: Executor | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self._executor = executor
+
+    async def load(self, name: str, path: Path) -> LoadedModel:
+        """Check and warm up ``path`` off the event loop, then start its batcher on it."""
+        warm = await asyncio.to_thread(self.warm_up, path)
+        return LoadedModel(name, path, warm, self._start_batcher)
+
+    def warm_up(self, path: Path) -> WarmSession:
+        """Read and check the file, create its session and run the shapes traffic will use (blocking).
+
+        The largest batch runs too: ONNX Runtime's memory arena grows to its high-water mark now, so the
+        resident size after loading is what a burst will take (no surprise peak later), and TensorRT builds
+        its engine for the whole profile. Every run checks the output width against the labels.
+        """
+        s = self.settings
+        metadata = read_model_metadata(path)
+        session = create_session(
+            path,
+            s.provider_list,
+            s.trt_cache_dir,
+            fp16=s.trt_fp16,
+            input_name=metadata.input_name,
+            crop_size=metadata.crop_size,
+            max_batch_size=s.max_batch_size,
+            intra_op_threads=s.intra_op_threads,
+        )
+        if dict(session.get_modelmeta().custom_metadata_map) != dict(metadata.properties):
+            raise RuntimeError(
+                "the file changed while it was being loaded; it is loaded again on its next change"
+            )
+        crop, seconds_per_row = metadata.crop_size, 0.0
+        for n in sorted({1, min(10, s.max_batch_size), s.max_batch_size}):
+            started = time.perf_counter()
+            logits = run_logits(session, metadata, np.zeros((n, crop, crop, 3), dtype=np.uint8))
+            seconds_per_row = (time.perf_counter() - started) / n  # the largest batch is last
+            if logits.shape != (n, metadata.num_classes):
+                raise InvalidModelError(
+                    f"the model outputs shape {list(logits.shape)} for {n} images, but it has "
+                    f"{metadata.num_classes} labels"
+                )
+        return WarmSession(metadata, session, seconds_per_row)
+
+    def _start_batcher(self, name: str, infer: Infer, seconds_per_row: float) -> DynamicBatcher:
+        s = self.settings
+        batcher = DynamicBatcher(
+            infer,
+            max_batch_size=s.max_batch_size,
+            max_queue_delay_s=s.max_queue_delay_s,
+            max_queue_size=s.max_queue_size,
+            executor=self._executor,
+            observer=self.metrics.observer(name),
+            name=name,
+            seconds_per_row=seconds_per_row,
+        )
+        batcher.start()
+        return batcher

@@ -1,0 +1,79 @@
+"""Loading and swapping versions: a loaded model serves at once, and a version checked is the one served."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from contract_models import colour_model, publish, with_outputs
+from svc_testkit import image_bytes, make_settings, running_client
+
+from service.errors import ModelNotFound
+from service.loader import ModelLoader
+from service.metrics import Metrics
+from service.registry import ModelRegistry
+from service.routers import v2
+
+RED = np.full((1, 8, 8, 3), (250, 0, 0), dtype=np.uint8)
+
+
+def test_a_loaded_model_answers_through_its_batcher_at_once(tmp_path: Path) -> None:
+    """Whatever the graph calls its logits output, the loader returns a model with a running batcher."""
+    path = publish(tmp_path / "scores.onnx", with_outputs(colour_model(), "scores", "probs"))
+
+    async def load_and_submit() -> np.ndarray:
+        model = await ModelLoader(make_settings(tmp_path), Metrics()).load("scores", path)
+        try:
+            return (await model.batcher.submit(RED)).outputs
+        finally:
+            await model.batcher.close()
+
+    logits = asyncio.run(load_and_submit())
+    assert logits.shape == (1, 3) and logits.argmax() == 0
+
+
+def test_a_version_swapped_out_is_not_served_under_its_name(tmp_path: Path) -> None:
+    publish(tmp_path / "colours.onnx", colour_model(version="v1"))
+
+    async def swap() -> str:
+        registry = ModelRegistry(make_settings(tmp_path), Metrics())
+        await registry.scan()
+        assert registry.resolve("colours", "v1").metadata.version == "v1"
+        publish(tmp_path / "colours.onnx", colour_model(version="v2"))
+        await registry.scan()
+        try:
+            with pytest.raises(ModelNotFound, match="has no version 'v1' \\(serving 'v2'\\)"):
+                async with registry.use("colours", "v1"):
+                    pass
+            async with registry.use("colours") as served:
+                return served.metadata.version
+        finally:
+            await registry.close()
+
+    assert asyncio.run(swap()) == "v2"
+
+
+def test_v2_infer_serves_the_version_it_admitted_or_404(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new version swapped in while the body is read does not answer a request for the old one."""
+    publish(tmp_path / "colours.onnx", colour_model(version="v1"))
+    red = base64.b64encode(image_bytes((250, 0, 0))).decode()
+    body = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": [red]}]}
+    with running_client(make_settings(tmp_path)) as client:
+        model = client.app.state.service.registry.resolve("colours")  # type: ignore[attr-defined]
+        real = v2.parse_request
+
+        def swapped_while_reading(body: bytes, header_length: str | None) -> Any:
+            model.metadata = replace(model.metadata, version="v2")  # as if v2 had been swapped in
+            return real(body, header_length)
+
+        monkeypatch.setattr(v2, "parse_request", swapped_while_reading)
+        response = client.post("/v2/models/colours/versions/v1/infer", json=body)
+        assert response.status_code == 404
+        assert response.json() == {"error": "model 'colours' has no version 'v1' (serving 'v2')"}
