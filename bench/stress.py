@@ -964,23 +964,20 @@ def make_checkpoint(path: Path) -> None:
     import torch
 
     from training.checkpoint import save_checkpoint
+    from training.config import TrainConfig
     from training.models import build_model
-    from training.train import TrainConfig
 
     meta = {p.key: p.value for p in onnx.load(str(SHIPPED), load_external_data=False).metadata_props}
     labels = json.loads(meta["labels"])
-    config = TrainConfig(
-        arch="resnet20",
-        dataset="cifar10",
-        mean=CIFAR_MEAN,
-        std=CIFAR_STD,
-        resize_size=int(meta["resize_size"]),
-    )
+    config = TrainConfig(arch="resnet20", dataset="cifar10")
+    results = {"mean": CIFAR_MEAN, "std": CIFAR_STD, "resize_size": int(meta["resize_size"])}
     torch.manual_seed(0)
     network = build_model(config.arch, num_classes=len(labels), shortcut=config.shortcut, stride_in="1x1")
     state = {
         "model": network.state_dict(),
-        "config": dataclasses.asdict(config),
+        # The results go into the config too, where exporters before the config/results split read them.
+        "config": {**dataclasses.asdict(config), **results},
+        "results": results,
         "classes": labels,
         "history": [],
         "iteration": 0,

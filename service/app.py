@@ -10,7 +10,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from service import __version__
 from service.http_errors import install_error_handlers
-from service.middleware import BodyLimitMiddleware, MetricsMiddleware, UploadBudget
+from service.middleware import BodyLimitMiddleware, MetricsMiddleware
 from service.routers import admin, classify, health, metrics, models, v2
 from service.settings import Settings
 from service.state import ServiceState
@@ -59,7 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=settings.max_upload_bytes,
-        budget=UploadBudget(settings.max_upload_bytes_in_flight),
+        budget=state.upload_budget,
         retry_after_s=settings.retry_after_s,
     )
     if settings.cors_origin_list:
@@ -70,5 +70,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["Authorization", "Content-Type", HEADER_LENGTH],
             expose_headers=["Retry-After", HEADER_LENGTH],
         )
-    app.add_middleware(MetricsMiddleware, metrics=state.metrics, routes=app.router.routes)
+    app.add_middleware(MetricsMiddleware, metrics=state.metrics)
     return app

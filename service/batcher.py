@@ -134,7 +134,9 @@ class DynamicBatcher:
         if self._closed or self._task is None:
             raise Overloaded(f"model {self._name} is being unloaded")
         wait = self.expected_wait_s(rows)
-        if wait is not None and wait > budget_s:
+        # With nothing ahead, refusing cannot make the answer sooner, and answering re-measures the
+        # rate (else one slow batch could keep an idle model refusing everything).
+        if wait is not None and wait > budget_s and self.rows_ahead:
             assert self.seconds_per_row is not None
             retry_after = max(1, math.ceil(self.rows_ahead * self.seconds_per_row))
             raise Overloaded(

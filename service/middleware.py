@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 
-from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import Overloaded, PayloadTooLarge
-from service.http_errors import error_response
 from service.metrics import Metrics
 
 
@@ -46,9 +43,9 @@ class UploadBudget:
 class BodyLimitMiddleware:
     """413 for bodies above ``max_bytes``, 503 when the bodies in flight would exceed ``budget``.
 
-    Both are checked at once when Content-Length is declared, else as the body arrives: a body
-    without (or with a lying) Content-Length fails the read as soon as it crosses a limit, so
-    nothing larger is buffered.
+    Both are checked on the first read when Content-Length is declared, else as the body arrives: a
+    body without (or with a lying) Content-Length fails the read as soon as it crosses a limit, so
+    nothing larger is buffered. A route that never reads its body holds no budget.
     """
 
     def __init__(self, app: ASGIApp, max_bytes: int, budget: UploadBudget, retry_after_s: int) -> None:
@@ -70,20 +67,19 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        path = scope["path"]
         declared = _content_length(scope)
-        if declared is not None and declared > self.max_bytes:
-            await error_response(path, 413, PayloadTooLarge.code, self._too_large())(scope, receive, send)
-            return
-        held = declared or 0
-        if not self.budget.take(held):
-            busy = error_response(path, 503, Overloaded.code, self._busy(), retry_after=self.retry_after_s)
-            await busy(scope, receive, send)
-            return
-        received = 0
+        received = held = 0
 
+        # The limits fail the first read of the body, inside the route: its error handler answers
+        # (and the metrics name the route) before a byte of a too large body is buffered.
         async def limited_receive() -> Message:
             nonlocal received, held
+            if declared is not None and declared > self.max_bytes:
+                raise PayloadTooLarge(self._too_large())
+            if declared and not held:
+                if not self.budget.take(declared):
+                    raise Overloaded(self._busy(), retry_after=self.retry_after_s)
+                held = declared
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
@@ -104,16 +100,14 @@ class BodyLimitMiddleware:
 class MetricsMiddleware:
     """Counts requests by route template, method and status; times them; tracks those in flight."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, routes: Sequence[BaseRoute]) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
-        self.routes = routes  # the app's live route list, so routers added later are matched too
 
-    def _template(self, scope: Scope) -> str:
-        route = scope.get("route")
-        if route is None:  # answered before routing (e.g. the Content-Length 413)
-            route = next((r for r in self.routes if r.matches(scope)[0] is Match.FULL), None)
-        return getattr(route, "path", None) or "unmatched"
+    @staticmethod
+    def _template(scope: Scope) -> str:
+        """The matched route's path template (set on the scope by the router), else ``unmatched``."""
+        return getattr(scope.get("route"), "path", None) or "unmatched"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -12,6 +12,7 @@ from fastapi import Request
 
 from service.classifier import Classifier
 from service.metrics import Metrics
+from service.middleware import UploadBudget
 from service.registry import ModelRegistry
 from service.settings import Settings
 from service.watcher import watch_models
@@ -27,6 +28,7 @@ class ServiceState:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.metrics = Metrics()
+        self.upload_budget = UploadBudget(settings.max_upload_bytes_in_flight)
         self.preprocess_pool = ThreadPoolExecutor(
             max_workers=settings.preprocess_threads or os.cpu_count() or 1, thread_name_prefix="preprocess"
         )

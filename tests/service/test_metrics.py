@@ -72,3 +72,13 @@ def test_concurrent_requests_coalesce_into_batches(models_dir: Path) -> None:
     assert batches - singles >= 1  # at least one run held several requests
     assert gate.batches[1:] == [4]  # the four queued requests ran together
     assert metric_value(text, "resnet_serve_queue_depth", MODEL) == 0
+
+
+def test_an_upload_refused_on_its_content_length_is_counted_on_its_route(models_dir: Path) -> None:
+    with running_client(make_settings(models_dir, max_upload_bytes=1000)) as client:
+        refused = client.post("/classify", content=b"x" * 2000, headers=PNG)
+        assert refused.status_code == 413 and refused.json()["error"]["code"] == "payload_too_large"
+        text = client.get("/metrics").text
+    too_large = {"route": "/classify", "method": "POST", "status": "413"}
+    assert metric_value(text, "resnet_serve_http_requests_total", too_large) == 1
+    assert metric_value(text, "resnet_serve_http_requests_total", {"route": "unmatched"}) == 0

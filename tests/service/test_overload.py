@@ -17,7 +17,15 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
-from svc_testkit import LiveServer, gate_model, image_bytes, make_settings, metric_value, running_client
+from svc_testkit import (
+    LiveServer,
+    gate_model,
+    image_bytes,
+    make_settings,
+    metric_value,
+    running_client,
+    wait_until,
+)
 from test_errors import PNG, assert_error, assert_serving
 
 from service.allocator import MMAP_THRESHOLD_ENV, fix_mmap_threshold
@@ -99,19 +107,29 @@ def test_requests_that_cannot_finish_in_time_get_503_at_once(slow_model: TestCli
 
 
 def test_a_client_deadline_is_honoured_and_capped(slow_model: TestClient) -> None:
+    gate = gate_model(slow_model.app, "colours")  # type: ignore[arg-type]
     batcher = slow_model.app.state.service.registry.resolve("colours").batcher  # type: ignore[attr-defined]
     batcher.seconds_per_row = 0.3
-    assert_error(
-        slow_model.post("/classify?timeout=2", content=image_bytes(), headers=PNG), 503, "overloaded"
-    )
-    assert (
-        slow_model.post("/classify?timeout=2&crops=1", content=image_bytes(), headers=PNG).status_code == 200
-    )
-    assert slow_model.post("/classify?timeout=600", content=image_bytes(), headers=PNG).status_code == 200
-    assert_error(
-        slow_model.post("/classify?timeout=0", content=image_bytes(), headers=PNG), 422, "invalid_parameter"
-    )
+    post = lambda query: slow_model.post(f"/classify?{query}", content=image_bytes(), headers=PNG)  # noqa: E731
+    with ThreadPoolExecutor(3) as pool:
+        ahead = pool.submit(post, "crops=1")  # one row ahead, held by the gate
+        wait_until(lambda: batcher.rows_ahead == 1, what="a request ahead")
+        assert_error(post("timeout=2"), 503, "overloaded")  # 11 rows: 3.3 s against 0.9 x 2 s
+        assert_error(post("timeout=0"), 422, "invalid_parameter")
+        one_crop = pool.submit(post, "timeout=2&crops=1")  # 2 rows: 0.6 s
+        wait_until(lambda: batcher.rows_ahead == 2, what="the one-crop request admitted")
+        capped = pool.submit(post, "timeout=600")  # capped at the 10 s setting: 12 rows, 3.6 s fit 9 s
+        wait_until(lambda: batcher.rows_ahead == 12, what="the capped request admitted")
+        gate.gate.set()
+        assert [f.result().status_code for f in (ahead, one_crop, capped)] == [200, 200, 200]
     assert batcher.rows_ahead == 0  # refused and bad requests give their reservation back
+
+
+def test_an_idle_model_admits_whatever_its_estimate(slow_model: TestClient) -> None:
+    batcher = slow_model.app.state.service.registry.resolve("colours").batcher  # type: ignore[attr-defined]
+    batcher.seconds_per_row = 100.0  # stale: one slow batch long ago; refusing would never re-measure it
+    assert slow_model.post("/classify", content=image_bytes(), headers=PNG).status_code == 200
+    assert batcher.seconds_per_row < 100.0  # the answer measured the rate again
 
 
 def test_a_bad_image_gives_its_reservation_back(slow_model: TestClient) -> None:
@@ -128,6 +146,26 @@ def _recv_all(sock: socket.socket, timeout: float = 10.0) -> bytes:
     while chunk := sock.recv(4096):
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _recv_response(sock: socket.socket, timeout: float = 5.0) -> bytes:
+    """One response (head and Content-Length body) on a connection that may stay open."""
+    sock.settimeout(timeout)
+    data = b""
+    while b"\r\n\r\n" not in data or len(data) < data.index(b"\r\n\r\n") + 4 + _length(data):
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def _length(data: bytes) -> int:
+    head = data.split(b"\r\n\r\n", 1)[0].lower()
+    for line in head.split(b"\r\n"):
+        if line.startswith(b"content-length:"):
+            return int(line.split(b":", 1)[1])
+    return 0
 
 
 @pytest.fixture(scope="module")
@@ -189,17 +227,23 @@ def test_connections_beyond_the_cap_get_503_with_retry_after(guarded: LiveServer
 
 
 def test_a_refusal_is_answered_before_the_upload_is_read(guarded: LiveServer) -> None:
+    gate = gate_model(guarded.app, "colours")
     batcher = guarded.app.state.service.registry.resolve("colours").batcher
-    measured, batcher.seconds_per_row = batcher.seconds_per_row, 100.0  # 10 crops: 1000 s, far past 30 s
-    try:
-        with socket.create_connection(("127.0.0.1", guarded.port)) as sock:
-            sock.sendall(HEAD + b"Content-Length: 4000\r\n\r\n")  # the body never comes
-            sock.settimeout(5)
-            answer = sock.recv(4096)
-        assert answer.startswith(b"HTTP/1.1 503 ") and b"cannot answer within" in answer
-        assert b"retry-after: " in answer  # the drain time of the admitted work
-    finally:
-        batcher.seconds_per_row = measured
+    measured = batcher.seconds_per_row
+    with ThreadPoolExecutor(1) as pool:
+        ahead = pool.submit(httpx.post, guarded.url + "/classify?crops=1", content=image_bytes(), headers=PNG)
+        try:
+            wait_until(lambda: batcher.rows_ahead == 1, what="a request ahead")
+            batcher.seconds_per_row = 100.0  # 10 more crops: 1100 s, far past 0.9 x 30 s
+            with socket.create_connection(("127.0.0.1", guarded.port)) as sock:
+                sock.sendall(HEAD + b"Content-Length: 4000\r\n\r\n")  # the body never comes
+                answer = _recv_response(sock)
+            assert answer.startswith(b"HTTP/1.1 503 ") and b"cannot answer within" in answer
+            assert b"retry-after: " in answer  # the drain time of the work ahead
+        finally:
+            batcher.seconds_per_row = measured
+            gate.gate.set()
+        assert ahead.result().status_code == 200
     with httpx.Client(base_url=guarded.url) as client:
         assert_serving(client)
 
@@ -208,7 +252,8 @@ def test_uploads_in_flight_share_one_memory_budget(guarded: LiveServer) -> None:
     head = HEAD + b"Content-Length: 4000\r\n\r\n"
     with socket.create_connection(("127.0.0.1", guarded.port)) as slow:
         slow.sendall(head + b"x" * 10)  # holds 4000 of the 6000 bytes until it is answered or closed
-        time.sleep(0.1)
+        budget = guarded.app.state.service.upload_budget
+        wait_until(lambda: budget.used == 4000, what="the slow upload's bytes held")
         with httpx.Client(base_url=guarded.url) as client:
             busy = client.post("/classify", content=image_bytes(size=(30, 30), fmt="BMP"), headers=PNG)
             assert_error(busy, 503, "overloaded", contains="upload memory budget")
