@@ -17,7 +17,6 @@ if __package__ in (None, ""):  # run as a script: make the repository's packages
 
 import argparse
 import logging
-import tempfile
 from typing import Any
 
 import numpy as np
@@ -63,8 +62,9 @@ class PixelInput(nn.Module):
         return self.network(x.permute(0, 3, 1, 2))
 
 
-def to_onnx(model: PixelInput, crop_size: int, target: Path) -> None:
-    """Trace ``model`` into ``target`` with a dynamic batch dimension."""
+def to_onnx(model: PixelInput, crop_size: int) -> onnx.ModelProto:
+    """Trace ``model`` into an ONNX model with a dynamic batch dimension (in memory: a killed export
+    leaves no scratch files behind)."""
     example = torch.zeros(2, crop_size, crop_size, 3, dtype=torch.uint8)
     batch = torch.export.Dim("batch", min=1, max=4096)
     program = torch.onnx.export(
@@ -79,16 +79,16 @@ def to_onnx(model: PixelInput, crop_size: int, target: Path) -> None:
         verbose=False,
     )
     assert program is not None
-    program.save(str(target))
+    return program.model_proto
 
 
-def check_parity(model: PixelInput, path: Path, crop_size: int, samples: np.ndarray | None) -> float:
+def check_parity(model: PixelInput, payload: bytes, crop_size: int, samples: np.ndarray | None) -> float:
     """Run ONNX Runtime and PyTorch on the same batch; raise ``ExportError`` unless they agree."""
     import onnxruntime as ort
 
     rng = np.random.default_rng(0)
     batch = samples if samples is not None else rng.integers(0, 256, (8, crop_size, crop_size, 3), np.uint8)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(payload, providers=["CPUExecutionProvider"])
     onnx_logits = session.run([LOGITS_OUTPUT], {IMAGE_INPUT: batch})[0]
     with torch.no_grad():
         torch_logits = model(torch.from_numpy(batch)).numpy()
@@ -105,17 +105,12 @@ def check_parity(model: PixelInput, path: Path, crop_size: int, samples: np.ndar
 def export_model(model: PixelInput, card: ModelCard, target: Path, samples: np.ndarray | None = None) -> Path:
     """Export, check parity, attach ``card`` stamped with the export time, publish ``target`` atomically."""
     model.eval()
-    with tempfile.TemporaryDirectory(prefix="export-") as scratch:
-        raw = Path(scratch) / "model.onnx"
-        to_onnx(model, card.crop_size, raw)
-        proto = onnx.load(str(raw))
-        onnx.checker.check_model(proto)
-        write_metadata(proto, card.stamped())
-        proto.doc_string = f"{card.arch} trained on {card.dataset}; contract: models/README.md"
-        checked = Path(scratch) / "checked.onnx"
-        onnx.save(proto, str(checked))
-        difference = check_parity(model, checked, card.crop_size, samples)
-        payload = checked.read_bytes()
+    proto = to_onnx(model, card.crop_size)
+    onnx.checker.check_model(proto)
+    write_metadata(proto, card.stamped())
+    proto.doc_string = f"{card.arch} trained on {card.dataset}; contract: models/README.md"
+    payload = proto.SerializeToString()
+    difference = check_parity(model, payload, card.crop_size, samples)
     atomic_write(target, lambda handle: handle.write(payload))
     log.info("published %s (ONNX Runtime vs PyTorch max |diff| %.2g)", target, difference)
     return target
