@@ -1397,7 +1397,12 @@ def summary_rows(results: dict[str, Any]) -> Iterator[tuple[str, str, str, str]]
                 met(p["failed_requests"] == 0),
             )
         elif name == "kill":
-            ok = p["unreadable_onnx"] == 0 and not p["load_failures"] and p["failed_requests"] == 0
+            ok = (
+                p["unreadable_onnx"] == 0
+                and not p["scratch_dirs_left"]
+                and not p["load_failures"]
+                and p["failed_requests"] == 0
+            )
             yield (
                 "kill",
                 f"{p['kills']} kills, {p['completed_exports']} exports completed (one takes "
@@ -1405,7 +1410,7 @@ def summary_rows(results: dict[str, Any]) -> Iterator[tuple[str, str, str, str]]
                 f"{p['stray_count']}, scratch dirs left {len(p['scratch_dirs_left'])}; load failures "
                 f"{fmt(p['load_failures'])}; {p['client']['requests']} requests, "
                 f"{p['failed_requests']} failed",
-                "0 unreadable, 0 load failures, 0 failed",
+                "0 unreadable, 0 scratch dirs left, 0 load failures, 0 failed",
                 met(ok),
             )
         elif name == "slowloris":
@@ -1439,10 +1444,26 @@ def header_line(results: dict[str, Any]) -> str:
     )
 
 
-def markdown(results: dict[str, Any]) -> str:
-    lines = [header_line(results), "", "| phase | measured | goal | met |", "|---|---|---|---|"]
-    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in summary_rows(results)]
+def markdown(results: dict[str, Any], before: dict[str, Any] | None = None) -> str:
+    """The table for bench/README.md; with ``before``, that run's figures in a column of their own."""
+    if before is None:
+        lines = [header_line(results), "", "| phase | measured | goal | met |", "|---|---|---|---|"]
+        lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in summary_rows(results)]
+        return "\n".join(lines)
+    old = {phase: measured for phase, measured, _, _ in summary_rows(before)}
+    lines = [f"Before: {header_line(before)}", "", f"After: {header_line(results)}", ""]
+    lines += ["| phase | before | after | goal | met (after) |", "|---|---|---|---|---|"]
+    lines += [f"| {a} | {old.get(a, '-')} | {b} | {c} | {d} |" for a, b, c, d in summary_rows(results)]
     return "\n".join(lines)
+
+
+def merged(paths: list[Path]) -> dict[str, Any]:
+    """Results files as one: the first file's header, each phase from the last file that has it."""
+    runs = [json.loads(path.read_text()) for path in paths]
+    result = {**runs[0], "phases": {}}
+    for run in runs:
+        result["phases"].update(run["phases"])
+    return result
 
 
 def console(results: dict[str, Any]) -> str:
@@ -1504,6 +1525,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-honour-retry-after", action="store_true", help="saturation clients retry at once after a 503"
     )
+    p.add_argument(
+        "--render",
+        type=Path,
+        action="append",
+        metavar="JSON",
+        help="run nothing: print (and with --readme write) the table of these results files, phases of "
+        "later files replacing earlier ones",
+    )
+    p.add_argument("--before", type=Path, metavar="JSON", help="with --render: the old code's results")
     p.add_argument("--make-checkpoint", type=Path, help=argparse.SUPPRESS)  # the kill phase's helper
     return p
 
@@ -1512,6 +1542,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.make_checkpoint:
         make_checkpoint(args.make_checkpoint)
+        return 0
+    if args.render:
+        results = merged(args.render)
+        print(console(results), flush=True)
+        if args.readme:
+            before = merged([args.before]) if args.before else None
+            write_readme(markdown(results, before), README_START, README_END)
         return 0
     phases = [p.strip() for p in args.phases.split(",") if p.strip()]
     unknown = sorted(set(phases) - set(PHASES))

@@ -30,6 +30,8 @@ DRAFT_FACTOR = 2
 # 4 million is a 61:1 panorama at 256 (about 12 MB an RGB copy) and no limit for ordinary photos.
 DEFAULT_MAX_RESIZED_PIXELS = 4_000_000
 WHITE = (255, 255, 255, 255)
+# Pixels of a wide (16/32-bit) image converted to 8 bits at a time.
+BLOCK_PIXELS = 1 << 20
 
 
 def _damage(exc: Exception) -> str:
@@ -58,15 +60,36 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
 
 
 def _to_8bit(values: np.ndarray, mode: str) -> np.ndarray:
-    """Scale a 16/32-bit integer or float single-channel image to 0-255."""
+    """Scale a 16/32-bit integer or float single-channel image to 0-255.
+
+    The scale is chosen on the whole image; the arithmetic runs a block of rows at a time, so its
+    wide temporaries stay near ``BLOCK_PIXELS`` however large the image (64M float pixels would
+    otherwise need several GB of float64 copies).
+    """
     if mode == "F":
-        values = np.nan_to_num(values.astype(np.float64))
-        values = values * 255.0 if values.max(initial=0.0) <= 1.0 else values
-        return np.clip(np.rint(values), 0, 255).astype(np.uint8)
-    wide = values.astype(np.int64)
-    if mode.startswith("I;16") or wide.max(initial=0) > 255:
-        return ((np.clip(wide, 0, 65535) * 255 + 32767) // 65535).astype(np.uint8)
-    return np.clip(wide, 0, 255).astype(np.uint8)
+        unit = np.fmax.reduce(values, axis=None, initial=0.0) <= 1.0  # fmax skips NaN
+        convert = lambda v: _float_to_8bit(v, unit)  # noqa: E731
+    else:
+        wide = mode.startswith("I;16") or values.max(initial=0) > 255
+        convert = lambda v: _int_to_8bit(v, wide)  # noqa: E731
+    out = np.empty(values.shape, dtype=np.uint8)
+    rows = max(1, BLOCK_PIXELS // max(1, values.shape[1]))
+    for start in range(0, values.shape[0], rows):
+        out[start : start + rows] = convert(values[start : start + rows])
+    return out
+
+
+def _float_to_8bit(values: np.ndarray, unit: bool) -> np.ndarray:
+    values = np.nan_to_num(values.astype(np.float64))
+    values = values * 255.0 if unit else values
+    return np.clip(np.rint(values), 0, 255).astype(np.uint8)
+
+
+def _int_to_8bit(values: np.ndarray, wide: bool) -> np.ndarray:
+    values = values.astype(np.int64)
+    if wide:
+        return ((np.clip(values, 0, 65535) * 255 + 32767) // 65535).astype(np.uint8)
+    return np.clip(values, 0, 255).astype(np.uint8)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -165,6 +165,24 @@ def test_every_mode_becomes_rgb_with_alpha_over_white(case: str) -> None:
     assert np.abs(np.asarray(image, dtype=int)[4, 4] - expected).max() <= 3, case
 
 
+@pytest.mark.parametrize(
+    ("values", "mode"),
+    [
+        (np.array([[0.25, 0.5], [1.0, 0.0], [np.nan, 0.75]], dtype=np.float32), "F"),  # 0-1: scaled
+        (np.array([[0.25, 0.5], [1.0, 0.0], [200.0, 0.75]], dtype=np.float32), "F"),  # 0-255: not
+        (np.array([[10, 20], [30, 40], [50000, 60]], dtype=np.int32), "I"),  # 16-bit range: scaled
+    ],
+)
+def test_wide_images_are_scaled_by_the_whole_image_not_one_block(
+    values: np.ndarray, mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    whole = np.asarray(decode_image(encoded(Image.fromarray(values, mode), "TIFF"), max_pixels=BIG))
+    monkeypatch.setattr("service.preprocess.BLOCK_PIXELS", 2)  # one row a block: the last decides
+    blocked = np.asarray(decode_image(encoded(Image.fromarray(values, mode), "TIFF"), max_pixels=BIG))
+    assert (blocked == whole).all()
+    assert whole[0, 0, 0] == {"F": 64 if np.nanmax(values) <= 1 else 0, "I": 0}[mode]
+
+
 def test_exif_orientation_is_applied() -> None:
     stored = Image.new("RGB", (20, 10), (0, 0, 255))
     stored.paste((255, 0, 0), (0, 0, 10, 10))  # left half red
