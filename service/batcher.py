@@ -106,7 +106,7 @@ class DynamicBatcher:
         self.seconds_per_row = seconds_per_row  # moving average of the session time per row
         self._rows_reserved = 0  # admitted, still decoding
         self._rows_waiting = 0  # in the queue (or carried to the next batch)
-        self._rows_running = 0  # in the session run now
+        self._rows_running = 0  # in the batch being gathered or run now
         self._last_end = 0.0  # when the previous batch was answered
 
     @property
@@ -227,7 +227,10 @@ class DynamicBatcher:
             if batch and rows + len(item.rows) > self.max_batch_size:
                 self._carry = item
                 break
+            # Counted as running from here on: while the batch waits for others to join, its rows
+            # are still ahead of every new request.
             self._rows_waiting -= len(item.rows)
+            self._rows_running += len(item.rows)
             batch.append(item)
             rows += len(item.rows)
             if deadline is None:
@@ -256,7 +259,6 @@ class DynamicBatcher:
     async def _run(self, loop: asyncio.AbstractEventLoop, batch: list[_Item]) -> None:
         started = time.perf_counter()
         rows = sum(len(item.rows) for item in batch)
-        self._rows_running = rows
         try:
             outputs = await loop.run_in_executor(self._executor, self._infer_parts, [i.rows for i in batch])
         except Exception:

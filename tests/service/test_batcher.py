@@ -102,6 +102,24 @@ def test_full_queue_answers_overloaded_at_once() -> None:
     run(scenario())
 
 
+def test_rows_waiting_for_their_batch_to_fill_are_still_ahead_of_new_requests() -> None:
+    async def scenario() -> None:
+        infer = GatedInfer()
+        infer.gate.set()
+        batcher = make(infer, max_queue_delay_s=0.5, seconds_per_row=1.0)
+        pending = asyncio.ensure_future(batcher.submit(rows(1)))
+        await asyncio.sleep(0.1)  # taken from the queue, waiting up to 0.5 s for others to join
+        assert not infer.started.is_set() and batcher.depth == 0
+        assert batcher.rows_ahead == 2
+        with pytest.raises(Overloaded, match="cannot answer within"):
+            batcher.check_admission(2, budget_s=3.0)  # 4 rows at 1 s each
+        await pending
+        assert batcher.rows_ahead == 0
+        await batcher.close()
+
+    run(scenario())
+
+
 def test_inference_failure_fails_that_batch_only() -> None:
     async def scenario() -> None:
         infer = GatedInfer(fail=True)

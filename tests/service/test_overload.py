@@ -226,16 +226,23 @@ def test_connections_beyond_the_cap_get_503_with_retry_after(guarded: LiveServer
         assert_serving(client)
 
 
-def test_a_refusal_is_answered_before_the_upload_is_read(guarded: LiveServer) -> None:
-    gate = gate_model(guarded.app, "colours")
-    batcher = guarded.app.state.service.registry.resolve("colours").batcher
+@pytest.fixture
+def patient(models_dir: Path) -> Iterator[LiveServer]:
+    """A server that waits long for a body: only an answer given without reading it comes in time."""
+    with LiveServer(make_settings(models_dir, body_timeout_s=60)) as server:
+        yield server
+
+
+def test_a_refusal_is_answered_before_the_upload_is_read(patient: LiveServer) -> None:
+    gate = gate_model(patient.app, "colours")
+    batcher = patient.app.state.service.registry.resolve("colours").batcher
     measured = batcher.seconds_per_row
     with ThreadPoolExecutor(1) as pool:
-        ahead = pool.submit(httpx.post, guarded.url + "/classify?crops=1", content=image_bytes(), headers=PNG)
+        ahead = pool.submit(httpx.post, patient.url + "/classify?crops=1", content=image_bytes(), headers=PNG)
         try:
             wait_until(lambda: batcher.rows_ahead == 1, what="a request ahead")
             batcher.seconds_per_row = 100.0  # 10 more crops: 1100 s, far past 0.9 x 30 s
-            with socket.create_connection(("127.0.0.1", guarded.port)) as sock:
+            with socket.create_connection(("127.0.0.1", patient.port)) as sock:
                 sock.sendall(HEAD + b"Content-Length: 4000\r\n\r\n")  # the body never comes
                 answer = _recv_response(sock)
             assert answer.startswith(b"HTTP/1.1 503 ") and b"cannot answer within" in answer
@@ -244,7 +251,7 @@ def test_a_refusal_is_answered_before_the_upload_is_read(guarded: LiveServer) ->
             batcher.seconds_per_row = measured
             gate.gate.set()
         assert ahead.result().status_code == 200
-    with httpx.Client(base_url=guarded.url) as client:
+    with httpx.Client(base_url=patient.url) as client:
         assert_serving(client)
 
 
