@@ -29,7 +29,7 @@ DRAFT_FACTOR = 2
 # (1x5000) would otherwise become 256x1,280,000 pixels (about 1 GB) at ImageNet's resize size.
 # 4 million is a 61:1 panorama at 256 (about 12 MB an RGB copy) and no limit for ordinary photos.
 DEFAULT_MAX_RESIZED_PIXELS = 4_000_000
-WHITE = (255, 255, 255, 255)
+WHITE = (255, 255, 255)
 # Pixels of a wide (16/32-bit) image converted to 8 bits at a time.
 BLOCK_PIXELS = 1 << 20
 
@@ -101,8 +101,13 @@ def to_rgb(image: Image.Image) -> Image.Image:
         return Image.fromarray(_to_8bit(np.asarray(image), mode), "L").convert("RGB")
     try:
         if image.has_transparency_data:
-            rgba = image.convert("RGBA")
-            return Image.alpha_composite(Image.new("RGBA", rgba.size, WHITE), rgba).convert("RGB")
+            rgba = image if mode == "RGBA" else image.convert("RGBA")
+            # Pasting through the alpha band onto opaque white is alpha compositing over white,
+            # without alpha_composite's full-size RGBA copies: a 64M-pixel RGBA image needs one more
+            # image's memory, not four.
+            white = Image.new("RGB", rgba.size, WHITE)
+            white.paste(rgba, mask=rgba)
+            return white
         return image.convert("RGB")
     except ValueError as exc:
         raise InvalidImage(f"unsupported colour mode {mode}: {exc}") from None

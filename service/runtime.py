@@ -147,3 +147,14 @@ def create_session(
     active = session.get_providers()
     log.info("session for %s runs on %s", os.fspath(path), ", ".join(active))
     return session
+
+
+def arena_shrinking_run_options() -> ort.RunOptions:
+    """Run options that hand the CPU memory arena's unused regions back to the system after the run.
+
+    ONNX Runtime's arena otherwise keeps the largest working set any mix of batch sizes has needed
+    for the life of the session.
+    """
+    options = ort.RunOptions()
+    options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+    return options

@@ -1,12 +1,11 @@
 """Helpers for the service tests: images, settings, a live server, a gated session.
 
-The tiny ONNX models they serve are in ``tests/contract_models.py``.
+The tiny ONNX models they serve, and ``free_port``, are in ``tests/contract_models.py``.
 """
 
 from __future__ import annotations
 
 import io
-import socket
 import struct
 import threading
 import time
@@ -18,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import uvicorn
+from contract_models import free_port
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -92,13 +92,6 @@ def running_client(settings: Settings, names: Iterable[str] = ("colours",)) -> I
         yield client
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 class LiveServer:
     """The app under uvicorn on 127.0.0.1, as ``python -m service`` runs it, in a background thread."""
 
@@ -132,11 +125,11 @@ class GatedSession:
         self.entered = threading.Event()
         self.batches: list[int] = []
 
-    def run(self, outputs: Any, feeds: dict[str, np.ndarray]) -> Any:
+    def run(self, outputs: Any, feeds: dict[str, np.ndarray], run_options: Any = None) -> Any:
         self.entered.set()
         self.gate.wait(timeout=30)
         self.batches.append(len(next(iter(feeds.values()))))
-        return self.session.run(outputs, feeds)
+        return self.session.run(outputs, feeds, run_options)
 
 
 def gate_model(app: FastAPI, name: str) -> GatedSession:

@@ -13,6 +13,8 @@ import pytest
 from contract_models import colour_model, publish, with_outputs
 from svc_testkit import image_bytes, make_settings, running_client
 
+from service import loader
+from service.batcher import DynamicBatcher
 from service.errors import ModelNotFound
 from service.loader import ModelLoader
 from service.metrics import Metrics
@@ -77,3 +79,35 @@ def test_v2_infer_serves_the_version_it_admitted_or_404(
         response = client.post("/v2/models/colours/versions/v1/infer", json=body)
         assert response.status_code == 404
         assert response.json() == {"error": "model 'colours' has no version 'v1' (serving 'v2')"}
+
+
+def test_only_a_run_with_nothing_queued_behind_it_gives_the_arena_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Arena shrinkage costs a run a few per cent: a burst's last run asks for it, at most every 5 s."""
+    path = publish(tmp_path / "colours.onnx", colour_model())
+    clock, queued, asked = [100.0], [0], []
+
+    class Recording:
+        def __init__(self, session: Any) -> None:
+            self.session = session
+
+        def run(self, outputs: Any, feeds: dict[str, np.ndarray], run_options: Any = None) -> Any:
+            asked.append(run_options is not None)
+            return self.session.run(outputs, feeds, run_options)
+
+    monkeypatch.setattr(loader.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(DynamicBatcher, "depth", property(lambda _: queued[0]))
+
+    async def scenario() -> None:
+        model = await ModelLoader(make_settings(tmp_path), Metrics()).load("colours", path)
+        model.session = Recording(model.session)
+        try:
+            for now, behind in ((100.0, 0), (101.0, 0), (106.0, 3), (107.0, 0), (108.0, 0)):
+                clock[0], queued[0] = now, behind
+                assert model.infer(RED).shape == (1, 3)
+        finally:
+            await model.batcher.close()
+
+    asyncio.run(scenario())
+    assert asked == [True, False, False, True, False]
