@@ -51,23 +51,42 @@ class Settings(BaseSettings):
         default=0, ge=0, description="ONNX Runtime threads per session (0: its default)"
     )
     preprocess_threads: int = Field(
-        default=0, ge=0, description="threads decoding and cropping images (0: one per CPU)"
+        default=0,
+        ge=0,
+        description="threads decoding and cropping images, all models together (0: one per CPU)",
     )
-    max_batch_size: int = Field(default=64, ge=1, description="most rows (crops) in one session run")
+    max_batch_size: int = Field(
+        default=64,
+        ge=1,
+        description="most rows (crops) in one session run; an image's crops are never split, so an image "
+        "with more crops than this runs alone",
+    )
     max_queue_delay_ms: float = Field(
-        default=5.0, ge=0, description="longest a request waits for others to join its batch, in ms"
+        default=5.0,
+        ge=0,
+        description="a batch closes when it is full or when its oldest image has waited this long in the "
+        "queue, in ms",
     )
     max_queue_size: int = Field(
-        default=256, ge=1, description="most images waiting per model; beyond it requests get 503"
+        default=256,
+        ge=1,
+        description="most images queued for a batch per model, and most images waiting for or in the decode "
+        "pool, all models together; an image beyond either gets 503 at once",
     )
-    request_timeout_s: float = Field(default=30.0, gt=0, description="per-request timeout (504 after it)")
+    request_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="deadline of each image, from its upload read to its answer (a batch request times each "
+        "image on its own; ?timeout=S on /classify and /classify/batch may shorten it): an image that the "
+        "work ahead of it would keep past 0.8 of it gets 503 at once, one that overruns it 504",
+    )
     max_upload_bytes: int = Field(
         default=20 * 1024 * 1024, ge=1, description="largest request body in bytes (413 above it)"
     )
     max_image_pixels: int = Field(
         default=DEFAULT_MAX_IMAGE_PIXELS,
         ge=1,
-        description="largest declared image size in pixels (413 above it)",
+        description="largest encoded image in pixels, as its header declares it (413 above it)",
     )
     max_resized_pixels: int = Field(
         default=DEFAULT_MAX_RESIZED_PIXELS,
@@ -84,14 +103,22 @@ class Settings(BaseSettings):
         default=2048, ge=1, description="most open client connections (beyond: 503 with Retry-After, closed)"
     )
     header_timeout_s: float = Field(
-        default=10.0, gt=0, description="seconds a connection may take to send a request's line and headers"
+        default=10.0,
+        gt=0,
+        description="seconds a new connection may take to send its request's line and headers, and a later "
+        "request on it to finish them once begun (then closed, with 408 if part of them came)",
     )
     body_timeout_s: float = Field(
-        default=60.0, gt=0, description="seconds a request may take to send its whole body after its headers"
+        default=60.0,
+        gt=0,
+        description="seconds a request may take to send its whole body after its headers (then closed)",
     )
-    max_batch_images: int = Field(default=16, ge=1, description="most images in one /classify/batch request")
+    max_batch_images: int = Field(
+        default=16, ge=1, description="most images in one /classify/batch or v2 infer request (413 above it)"
+    )
     auth_token: SecretStr | None = Field(
-        default=None, description="bearer token required by the classification endpoints (unset: open)"
+        default=None,
+        description="bearer token required by /classify, /classify/batch and v2 infer (unset: open)",
     )
     admin_token: SecretStr | None = Field(
         default=None, description="bearer token of the admin endpoints (unset: admin endpoints disabled)"
@@ -99,7 +126,12 @@ class Settings(BaseSettings):
     cors_origins: str = Field(default="", description="comma-separated origins allowed by CORS (* for any)")
     watch: bool = Field(default=True, description="watch the models directory and hot-reload changed files")
     watch_debounce_ms: int = Field(default=300, ge=1, description="how long file events are gathered, in ms")
-    retry_after_s: int = Field(default=1, ge=0, description="Retry-After seconds sent with 503 answers")
+    retry_after_s: int = Field(
+        default=1,
+        ge=0,
+        description="Retry-After seconds of 503 answers, except deadline refusals, which send the time the "
+        "work already admitted needs to drain",
+    )
     log_level: str = Field(default="info", description="log level: " + ", ".join(LOG_LEVELS))
 
     @field_validator("providers", mode="before")

@@ -4,6 +4,9 @@ Supports JSON tensors, Triton's binary tensor data extension (``Inference-Header
 ``binary_data_size``, ``binary_data``/``binary_data_output``) and the classification extension
 (``"classification": k`` on an output gives BYTES ``"prob:index:label"`` strings). In JSON a BYTES
 element carrying an encoded image is base64 text; in binary it is the raw bytes.
+
+Plain data in, plain data out: :func:`render` gives the body and its headers (:class:`Rendered`), and the
+router (``service/routers/v2.py``) makes the HTTP response; errors are the service's own (``BadRequest``).
 """
 
 from __future__ import annotations
@@ -13,11 +16,10 @@ import binascii
 import json
 import math
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from fastapi.responses import Response
 from pydantic import BaseModel, Field, ValidationError
 
 from service.errors import BadRequest
@@ -183,7 +185,16 @@ def classification(probabilities: np.ndarray, labels: tuple[str, ...], k: int) -
     return Tensor(OUTPUT, BYTES, [len(order), k], strings)
 
 
-def render(body: dict[str, Any], tensors: list[Tensor], binary_names: set[str]) -> Response:
+@dataclass(frozen=True)
+class Rendered:
+    """An inference response's body, its media type and its extra headers."""
+
+    content: bytes
+    media_type: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def render(body: dict[str, Any], tensors: list[Tensor], binary_names: set[str]) -> Rendered:
     """The response: plain JSON, or JSON header + binary tensors when any output asked for binary."""
     outputs, blobs = [], []
     for tensor in tensors:
@@ -197,9 +208,5 @@ def render(body: dict[str, Any], tensors: list[Tensor], binary_names: set[str]) 
         outputs.append(entry)
     header = json.dumps({**body, "outputs": outputs}, separators=(",", ":")).encode()
     if not blobs:
-        return Response(header, media_type="application/json")
-    return Response(
-        header + b"".join(blobs),
-        media_type="application/octet-stream",
-        headers={HEADER_LENGTH: str(len(header))},
-    )
+        return Rendered(header, "application/json")
+    return Rendered(header + b"".join(blobs), "application/octet-stream", {HEADER_LENGTH: str(len(header))})

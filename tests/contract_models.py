@@ -1,5 +1,7 @@
 """Tiny ONNX models that follow the model contract (models/README.md), for tests that need a served model
-without a trained ResNet. Shared by the service, page and deployment tests (``tests`` is on pytest's path).
+without a trained ResNet, and the helpers to serve them: ``publish`` (an atomic write, as the exporter's)
+and ``free_port``. Shared by the service, page, deployment and training tests (``tests`` is on pytest's
+path).
 
 Every model here computes ``logits = mean_rgb(image) @ weights``. ``colour_model`` answers the dominant
 colour of a photo (a mostly-blue photo is labelled "blue"); ``cifar_like_model`` has the ten CIFAR-10 labels
@@ -8,7 +10,7 @@ and fixed pseudo-random weights: a stand-in with the shipped model's shape.
 
 from __future__ import annotations
 
-import os
+import socket
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -16,6 +18,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from service.atomic_file import atomic_write_bytes
 from service.model_contract import ModelCard, metadata_props
 
 COLORS = ("red", "green", "blue")
@@ -132,12 +135,13 @@ def with_outputs(model: onnx.ModelProto, logits: str, first: str | None = None) 
 
 
 def publish(path: Path, content: onnx.ModelProto | bytes) -> Path:
-    """Write like the exporter: a temporary file in the same directory, fsync, rename over the target."""
-    data = content if isinstance(content, bytes) else content.SerializeToString()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+    """Write as the exporter does (``service.atomic_file``): a temp file beside ``path``, fsync, rename."""
+    return atomic_write_bytes(path, content if isinstance(content, bytes) else content.SerializeToString())
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port

@@ -1,4 +1,4 @@
-"""Atomic checkpoint and file publishing: a crash or a kill never leaves a half-written file behind.
+"""Checkpoints, written atomically (``service.atomic_file``): a crash or a kill never leaves half of one.
 
 A ``train.py`` checkpoint holds the trainer's state (model, optimizer, scheduler, scaler, iteration), the
 run's ``config`` (what defines it), its ``results`` (what it computed: mean/std, and after its final
@@ -8,33 +8,14 @@ evaluation resize_size and the test errors), ``classes``, ``history``, ``best_er
 from __future__ import annotations
 
 import hashlib
-import os
 import random
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import torch
 
-
-def atomic_write(target: Path, write: Callable[[IO[bytes]], object]) -> None:
-    """Write via ``write`` into a temp file beside ``target``, fsync it, then rename it over ``target``."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_name, 0o666 & ~umask)  # mkstemp's 0600 would hide a published model from the service
-        os.replace(tmp_name, target)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+from service.atomic_file import atomic_write
 
 
 def save_checkpoint(state: dict[str, Any], target: Path) -> None:

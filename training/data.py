@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from service.atomic_file import atomic_write
 from service.defaults import DEFAULT_MAX_IMAGE_PIXELS
 from service.image_errors import ImageError
 from service.preprocess import preprocess
@@ -185,11 +184,9 @@ def load_split(
     arrays = decode_split(files, size)
     if cache:
         position = {path: index for index, path in enumerate(files.paths)}
-        kept = [position[path] for path in arrays.files.paths]
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=cache.parent, suffix=".tmp", delete=False) as tmp:
-            np.savez(tmp, images=arrays.images, labels=arrays.labels, kept=np.asarray(kept, np.int64))
-        os.replace(tmp.name, cache)
+        kept = np.asarray([position[path] for path in arrays.files.paths], np.int64)
+        images, labels = arrays.images, arrays.labels
+        atomic_write(cache, lambda handle: np.savez(handle, images=images, labels=labels, kept=kept))
     return arrays
 
 

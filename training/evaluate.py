@@ -15,32 +15,28 @@ ImageNet, all be output indices (``DIR/285/cat.jpg`` is class 285).
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):  # run as a script: make the repository's packages importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import argparse
 import csv
 import io
 import json
 import logging
 import os
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import IO, Any
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from service.atomic_file import atomic_write_bytes
 from service.defaults import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_PROVIDERS, DEFAULT_TRT_CACHE_DIR
 from service.image_errors import ImageError
 from service.model_contract import InvalidModelError, ModelMetadata, read_model_metadata
 from service.preprocess import CROP_COUNTS, preprocess, softmax
 from service.runtime import create_session
-from training.checkpoint import atomic_write
 from training.data import DataError, scan_split, split_dir
 
 log = logging.getLogger(__name__)
@@ -357,16 +353,7 @@ def plot_confusion(result: Evaluation, target: Path) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     plt.close(fig)
-    publish(target, buffer.getvalue())
-
-
-def publish(target: Path, payload: bytes) -> None:
-    """Write ``payload`` atomically, so a reader never sees half a file."""
-
-    def write(handle: IO[bytes]) -> None:
-        handle.write(payload)
-
-    atomic_write(target, write)
+    atomic_write_bytes(target, buffer.getvalue())
 
 
 def write_outputs(result: Evaluation, out: Path) -> None:
@@ -377,9 +364,9 @@ def write_outputs(result: Evaluation, out: Path) -> None:
     writer = csv.DictWriter(csv_text, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
-    publish(out / "summary.json", json.dumps(result.summary(), indent=2).encode())
-    publish(out / "per_class.json", json.dumps(rows, indent=2).encode())
-    publish(out / "per_class.csv", csv_text.getvalue().encode())
+    atomic_write_bytes(out / "summary.json", json.dumps(result.summary(), indent=2).encode())
+    atomic_write_bytes(out / "per_class.json", json.dumps(rows, indent=2).encode())
+    atomic_write_bytes(out / "per_class.csv", csv_text.getvalue().encode())
     plot_confusion(result, out / "confusion.png")
 
 

@@ -9,14 +9,10 @@ and the same top-1) or nothing is published; publishing is atomic (temp file, fs
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):  # run as a script: make the repository's packages importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import argparse
 import logging
+import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,8 +20,9 @@ import onnx
 import torch
 from torch import Tensor, nn
 
+from service.atomic_file import atomic_write_bytes
 from service.model_contract import IMAGE_INPUT, LOGITS_OUTPUT, ModelCard, write_metadata
-from training.checkpoint import atomic_write, load_checkpoint, sha256_file
+from training.checkpoint import load_checkpoint, sha256_file
 from training.models import ARCHITECTURES, build_model
 
 log = logging.getLogger(__name__)
@@ -111,7 +108,7 @@ def export_model(model: PixelInput, card: ModelCard, target: Path, samples: np.n
     proto.doc_string = f"{card.arch} trained on {card.dataset}; contract: models/README.md"
     payload = proto.SerializeToString()
     difference = check_parity(model, payload, card.crop_size, samples)
-    atomic_write(target, lambda handle: handle.write(payload))
+    atomic_write_bytes(target, payload)
     log.info("published %s (ONNX Runtime vs PyTorch max |diff| %.2g)", target, difference)
     return target
 

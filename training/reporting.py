@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from training.checkpoint import atomic_write
+from service.atomic_file import atomic_write
 from training.loop import EpochStats
 
 log = logging.getLogger(__name__)

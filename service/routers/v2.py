@@ -195,7 +195,8 @@ async def _infer(request: Request, state: ServiceState, name: str, version: str 
     }
     if infer.id is not None:
         body["id"] = infer.id
-    return render(body, tensors, binary)
+    rendered = render(body, tensors, binary)
+    return Response(rendered.content, media_type=rendered.media_type, headers=rendered.headers)
 
 
 @router.post("/models/{name}/infer", summary="Inference", dependencies=[Depends(require_client)])

@@ -21,14 +21,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 import uuid
 from pathlib import Path
 
 import pytest
-from contract_models import CIFAR10_LABELS, cifar_like_model, publish
+from contract_models import CIFAR10_LABELS, cifar_like_model, free_port, publish
 
 httpx = pytest.importorskip("httpx")
 
@@ -75,12 +74,6 @@ def _base_image() -> str | None:
     if subprocess.run(["podman", "image", "exists", LOCAL_BASE]).returncode == 0:
         return LOCAL_BASE
     return None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _build(dockerfile: str, tag: str, base: str, context: str = ".", args: dict | None = None) -> None:
@@ -159,7 +152,7 @@ def stack(tmp_path_factory):
         trainer_image = "localhost/resnet-trainer:e2e"
         _build("docker/Dockerfile.trainer", trainer_image, base)
 
-    ports = {"SERVICE_PORT": _free_port(), "PROMETHEUS_PORT": _free_port(), "GRAFANA_PORT": _free_port()}
+    ports = {"SERVICE_PORT": free_port(), "PROMETHEUS_PORT": free_port(), "GRAFANA_PORT": free_port()}
     env = {
         **os.environ,
         **{k: str(v) for k, v in ports.items()},

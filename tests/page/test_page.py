@@ -14,14 +14,13 @@ import base64
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from contract_models import colour_model, publish
+from contract_models import colour_model, free_port, publish
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "deploy" / "fixtures"
@@ -72,12 +71,6 @@ def _browser_skip_reason() -> str | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     reason = _browser_skip_reason()
@@ -87,7 +80,7 @@ def server(tmp_path_factory):
     publish(models / "colour.onnx", colour_model(crop=32, resize=36, scale=8.0))
     if SHIPPED_MODEL.exists():
         shutil.copy(SHIPPED_MODEL, models / SHIPPED_MODEL.name)
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "SERVE_MODELS_DIR": str(models),

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from contract_models import colour_model, publish
-from svc_testkit import free_port, image_bytes, wait_until
+from contract_models import colour_model, free_port, publish
+from svc_testkit import image_bytes, wait_until
 
 from service.__main__ import main, parse_settings
 
