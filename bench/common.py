@@ -16,8 +16,6 @@ from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
-if str(REPO) not in sys.path:  # the scripts run as ``python bench/X.py``
-    sys.path.insert(0, str(REPO))
 
 WORK = BENCH / ".work"  # everything generated (gitignored: /bench/.work/)
 MODELS_DIR = WORK / "models"
@@ -191,6 +189,9 @@ def write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n")
 
 
+_ort_spinning_disabled = False  # set by disable_ort_spinning()
+
+
 def disable_ort_spinning() -> None:
     """Make every ONNX Runtime session created from now on in this process stop spin-waiting.
 
@@ -198,11 +199,12 @@ def disable_ort_spinning() -> None:
     threads busy-wait for the next parallel section by default, which on 2 cores takes CPU from the
     service's event loop and preprocessing threads between session runs.
     """
+    global _ort_spinning_disabled
     import onnxruntime as ort
 
-    original = ort.SessionOptions
-    if getattr(original, "_bench_no_spin", False):
+    if _ort_spinning_disabled:
         return
+    original = ort.SessionOptions
 
     def options() -> Any:
         made = original()
@@ -210,5 +212,5 @@ def disable_ort_spinning() -> None:
         made.add_session_config_entry("session.inter_op.allow_spinning", "0")
         return made
 
-    options._bench_no_spin = True  # type: ignore[attr-defined]
-    ort.SessionOptions = options  # type: ignore[misc]
+    ort.SessionOptions = options
+    _ort_spinning_disabled = True

@@ -21,9 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 CONTENT_TYPES = {
     "JPEG": "image/jpeg",

@@ -24,9 +24,6 @@ import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 import httpx
 from common import load_images, median, percentile, write_json
 

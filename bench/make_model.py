@@ -11,14 +11,15 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from typing import TYPE_CHECKING
 
 from common import CROP_SIZE, MEAN, MODEL_PATH, RESIZE_SIZE, STATE_PATH, STD
 
+if TYPE_CHECKING:  # torch is imported only when a network is built
+    from training.models import ResNet
 
-def build_network(seed: int = 0):  # type: ignore[no-untyped-def]
+
+def build_network(seed: int = 0) -> ResNet:
     import torch
 
     from training.models import build_model

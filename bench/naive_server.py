@@ -19,10 +19,6 @@ import argparse
 import io
 import sys
 import time
-from pathlib import Path
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch
 import uvicorn

@@ -14,10 +14,9 @@ import json
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from typing import Any
 
 from common import CROP_SIZE, RESIZE_SIZE, SIZED_DIR, SIZES, median, percentile, write_json
 
@@ -63,34 +62,29 @@ def naive_pipeline() -> Callable[[bytes], object]:
     return run
 
 
-def measure(runs: int, warmup: int, naive: bool = True) -> dict:
+def measure(runs: int, warmup: int, naive: bool = True) -> dict[str, dict[str, Any]]:
     from service.preprocess import DRAFT_FACTOR, decode_image, make_crops, preprocess
 
     max_pixels = 64_000_000
-    results = {}
+    draft_size = RESIZE_SIZE * DRAFT_FACTOR
+    results: dict[str, dict[str, Any]] = {}
     for label in SIZES:
         data = (SIZED_DIR / f"coffee_{label}.jpg").read_bytes()
-        image = decode_image(data, max_pixels=max_pixels, draft_size=RESIZE_SIZE * DRAFT_FACTOR)
-        entry = {
+        image = decode_image(data, max_pixels=max_pixels, draft_size=draft_size)
+        service = partial(
+            preprocess, data, resize_size=RESIZE_SIZE, crop_size=CROP_SIZE, crops=10, max_pixels=max_pixels
+        )
+        entry: dict[str, Any] = {
             "jpeg_bytes": len(data),
             "decoded_size": list(image.size),
-            "service": timed(
-                lambda d=data: preprocess(
-                    d, resize_size=RESIZE_SIZE, crop_size=CROP_SIZE, crops=10, max_pixels=max_pixels
-                ),
-                runs,
-                warmup,
-            ),
+            "service": timed(service, runs, warmup),
             "decode": timed(
-                lambda d=data: decode_image(d, max_pixels=max_pixels, draft_size=RESIZE_SIZE * DRAFT_FACTOR),
-                runs,
-                warmup,
+                partial(decode_image, data, max_pixels=max_pixels, draft_size=draft_size), runs, warmup
             ),
-            "crops": timed(lambda im=image: make_crops(im, RESIZE_SIZE, CROP_SIZE, 10), runs, warmup),
+            "crops": timed(partial(make_crops, image, RESIZE_SIZE, CROP_SIZE, 10), runs, warmup),
         }
         if naive:
-            pipeline = naive_pipeline()
-            entry["naive_torchvision"] = timed(lambda d=data, f=pipeline: f(d), max(3, runs // 5), 1)
+            entry["naive_torchvision"] = timed(partial(naive_pipeline(), data), max(3, runs // 5), 1)
         results[label] = entry
         line = f"{label:>9}: service {entry['service']['median_ms']:7.2f} ms"
         line += f" (decode {entry['decode']['median_ms']:.2f} + crops {entry['crops']['median_ms']:.2f})"

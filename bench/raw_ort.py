@@ -15,9 +15,6 @@ import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 import numpy as np
 from common import (
     CROP_SIZE,

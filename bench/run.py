@@ -25,9 +25,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 import httpx
 from common import (
     BENCH,

@@ -48,9 +48,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 import httpx
 from common import (
     MODEL_NAME,
@@ -680,10 +677,10 @@ def memory_images(ctx: Context) -> dict[str, tuple[str, bytes]]:
     def big_rgb() -> Any:  # 10x10 blocks of the photo: real content, and PNG keeps it small
         return coffee.resize((800, 600)).resize((8000, 6000), Image.Resampling.NEAREST)
 
-    def big_rgba() -> Any:
-        square = coffee.crop((100, 0, 500, 400)).resize((600, 600)).convert("RGBA")
-        square.putalpha(Image.linear_gradient("L").resize((600, 600)))
-        return square.resize((6000, 6000), Image.Resampling.NEAREST)
+    def big_rgba(side: int) -> Any:
+        square = coffee.crop((100, 0, 500, 400)).resize((side // 10, side // 10)).convert("RGBA")
+        square.putalpha(Image.linear_gradient("L").resize((side // 10, side // 10)))
+        return square.resize((side, side), Image.Resampling.NEAREST)
 
     jpeg = SIZED_DIR / "coffee_4000x3000.jpg"
     return {
@@ -691,7 +688,10 @@ def memory_images(ctx: Context) -> dict[str, tuple[str, bytes]]:
         "strip_1x20000": made("strip_1x20000.png", lambda: noise(1, 20000, 2)),
         "jpeg_4000x3000": (jpeg.name, jpeg.read_bytes()),
         "png_8000x6000": made("blocks_8000x6000.png", big_rgb),
-        "rgba_png_6000x6000": made("rgba_6000x6000.png", big_rgba),
+        "rgba_png_6000x6000": made("rgba_6000x6000.png", lambda: big_rgba(6000)),
+        # 64,000,000 pixels, SERVE_MAX_IMAGE_PIXELS' default: the costliest image a request may carry
+        # (decoded as RGBA, composited over white, converted to RGB).
+        "rgba_png_8000x8000": made("rgba_8000x8000.png", lambda: big_rgba(8000)),
     }
 
 
@@ -733,8 +733,13 @@ async def burst(url: str, uploads: list[tuple[str, bytes]], timeout: float) -> t
     return statuses, seconds
 
 
+# Sent alone by the memory phase (10-crop on the ResNet-50): peak RSS of one request.
+SINGLE_IMAGES = ("strip_1x5000", "strip_1x20000", "rgba_png_8000x8000")
+
+
 def phase_memory(ctx: Context) -> dict[str, Any]:
-    """Thin strips (their resized size is what hurts), then bursts of large images: is memory given back?"""
+    """Thin strips (their resized size is what hurts) and the largest image a request may carry, one at a
+    time; then bursts of large images: is memory given back?"""
     ensure_big_model()
     images = memory_images(ctx)
     result: dict[str, Any] = {
@@ -744,7 +749,7 @@ def phase_memory(ctx: Context) -> dict[str, Any]:
     with Service(ctx, "memory", {MODEL_NAME: MODEL_PATH, SMALL: SHIPPED}) as service:
         result["warm_statuses"] = warm(service, ctx.photos)
         result["baseline_mb"] = service.rss_mb()
-        for label in ("strip_1x5000", "strip_1x20000"):
+        for label in SINGLE_IMAGES:
             if not service.alive:
                 service.restart()
                 warm(service, ctx.photos)
@@ -870,9 +875,10 @@ def phase_soak(ctx: Context) -> dict[str, Any]:
     with Service(ctx, "soak", {MODEL_NAME: MODEL_PATH}) as service:
         assert service.server is not None and service.sampler is not None
         started = time.perf_counter()
+        cap = 0.0 if ctx.args.no_honour_retry_after else ctx.args.retry_after_cap  # as real clients do
         r = load(
             service.server, c, {c: (warmup, duration)}, ctx.work / "soak" / "load.json", MODEL_NAME,
-            ["--timeout", "120"],
+            ["--timeout", "120", "--honour-retry-after", str(cap)],
         )  # fmt: skip
         window_start, window_end = started + warmup, started + warmup + duration
         series = []
@@ -972,7 +978,8 @@ def make_checkpoint(path: Path) -> None:
     config = TrainConfig(arch="resnet20", dataset="cifar10")
     results = {"mean": CIFAR_MEAN, "std": CIFAR_STD, "resize_size": int(meta["resize_size"])}
     torch.manual_seed(0)
-    network = build_model(config.arch, num_classes=len(labels), shortcut=config.shortcut, stride_in="1x1")
+    # The config leaves the shortcut to the architecture (None), as build_model does by default.
+    network = build_model(config.arch, num_classes=len(labels), stride_in="1x1")
     state = {
         "model": network.state_dict(),
         # The results go into the config too, where exporters before the config/results split read them.
@@ -1343,7 +1350,7 @@ def summary_rows(results: dict[str, Any]) -> Iterator[tuple[str, str, str, str]]
             for label, s in p["strips"].items():
                 killed = " (killed by the harness at the RSS limit)" if s["killed_at_rss_limit"] else ""
                 yield (
-                    f"memory {label.removeprefix('strip_')} PNG",
+                    f"memory {label.removeprefix('strip_').replace('rgba_png_', 'RGBA ')} PNG",
                     f"{s['status']} in {s['seconds']:.1f} s; RSS peak {fmt(s['peak_mb'])} MB (before "
                     f"{fmt(s['before_mb'])}), after {fmt(s['after_mb'])} MB{killed}",
                     "-",
@@ -1523,7 +1530,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slowloris-wait", type=seconds_list, help="seconds to check at, e.g. 15,70")
     p.add_argument("--retry-after-cap", type=float, default=30.0, help="longest Retry-After a client honours")
     p.add_argument(
-        "--no-honour-retry-after", action="store_true", help="saturation clients retry at once after a 503"
+        "--no-honour-retry-after", action="store_true", help="saturation and soak clients retry at once"
     )
     p.add_argument(
         "--render",
@@ -1544,11 +1551,11 @@ def main(argv: list[str] | None = None) -> int:
         make_checkpoint(args.make_checkpoint)
         return 0
     if args.render:
-        results = merged(args.render)
-        print(console(results), flush=True)
+        rendered = merged(args.render)
+        print(console(rendered), flush=True)
         if args.readme:
             before = merged([args.before]) if args.before else None
-            write_readme(markdown(results, before), README_START, README_END)
+            write_readme(markdown(rendered, before), README_START, README_END)
         return 0
     phases = [p.strip() for p in args.phases.split(",") if p.strip()]
     unknown = sorted(set(phases) - set(PHASES))

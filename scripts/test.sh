@@ -16,4 +16,5 @@ fi
 ruff check .
 ruff format --check .
 mypy
+mypy tests/service/conftest.py  # mypy takes one module named conftest per run
 python -m pytest "$@"

@@ -89,6 +89,10 @@ def test_deployment_gpu_probes_and_scraping():
     assert {"cpu", "memory"} <= set(container["resources"]["requests"])
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    # The startup probe waits for a warm model (a TensorRT engine build), which /healthz cannot tell.
+    startup = container["startupProbe"]
+    assert startup["httpGet"]["path"] == "/readyz"
+    assert startup.get("periodSeconds", 10) * startup.get("failureThreshold", 3) >= 20 * 60
     for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
         assert container[probe]["httpGet"]["port"] in ("http", port["containerPort"])
     assert pod["spec"]["securityContext"]["runAsNonRoot"] is True

@@ -45,10 +45,21 @@ async def started(infer: GatedInfer) -> None:
         await asyncio.sleep(0.005)
 
 
-def make(infer: GatedInfer, **kwargs: Any) -> DynamicBatcher:
-    settings = {"max_batch_size": 8, "max_queue_delay_s": 0.001, "max_queue_size": 16}
-    settings.update(kwargs)
-    batcher = DynamicBatcher(infer, **settings)
+def make(
+    infer: GatedInfer,
+    *,
+    max_batch_size: int = 8,
+    max_queue_delay_s: float = 0.001,
+    max_queue_size: int = 16,
+    seconds_per_row: float | None = None,
+) -> DynamicBatcher:
+    batcher = DynamicBatcher(
+        infer,
+        max_batch_size=max_batch_size,
+        max_queue_delay_s=max_queue_delay_s,
+        max_queue_size=max_queue_size,
+        seconds_per_row=seconds_per_row,
+    )
     batcher.start()
     return batcher
 

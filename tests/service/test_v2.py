@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import numpy as np
@@ -15,7 +16,10 @@ from svc_testkit import LiveServer, image_bytes, make_settings, running_client, 
 RED, GREEN, BLUE = (230, 20, 10), (15, 220, 30), (20, 40, 240)
 VERSION = "20250101T000000Z"
 
-httpclient = pytest.importorskip("tritonclient.http", reason="tritonclient[http] is not installed")
+if TYPE_CHECKING:
+    import tritonclient.http as httpclient
+else:
+    httpclient = pytest.importorskip("tritonclient.http", reason="tritonclient[http] is not installed")
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 

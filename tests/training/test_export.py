@@ -69,8 +69,9 @@ def test_onnx_runtime_matches_pytorch_for_any_batch_size(exported: Path, trained
 
 
 def test_bgr_input_reverses_channels() -> None:
-    network = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3, 3, bias=False))
-    torch.nn.init.eye_(network[1].weight)
+    linear = torch.nn.Linear(3, 3, bias=False)
+    torch.nn.init.eye_(linear.weight)
+    network = torch.nn.Sequential(torch.nn.Flatten(), linear)
     rgb = PixelInput(network, [0, 0, 0], [1, 1, 1])
     bgr = PixelInput(network, [0, 0, 0], [1, 1, 1], bgr=True)
     pixel = torch.tensor([[[[10, 20, 30]]]], dtype=torch.uint8)

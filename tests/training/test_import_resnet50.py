@@ -25,7 +25,7 @@ from service.model_contract import read_model_metadata
 from service.preprocess import make_crops, preprocess, softmax
 from training import import_resnet50 as importer
 from training.checkpoint import sha256_file
-from training.models import build_model
+from training.models import Bottleneck, build_model
 
 SMALL_BLOCKS = (2, 1, 1, 1)
 SMALL_WIDTHS = (4, 8, 8, 16)
@@ -303,12 +303,16 @@ def test_the_package_layout_builds_the_original_resnet50() -> None:
     assert {k: v.shape for k, v in network.state_dict().items()} == {
         k: v.shape for k, v in reference.state_dict().items()
     }
-    block = network.stages[1][0]
+    stage = network.stages[1]
+    assert isinstance(stage, torch.nn.Sequential)
+    block = stage[0]
+    assert isinstance(block, Bottleneck)
     assert block.conv1.stride == (2, 2) and block.conv2.stride == (1, 1)  # stride in the first 1x1
     assert all(m.eps == pytest.approx(1e-3) for m in network.modules() if isinstance(m, torch.nn.BatchNorm2d))
     kernel = weights["res3a_branch2a/kernel"]
     np.testing.assert_array_equal(block.conv1.weight.detach().numpy(), kernel.transpose(3, 2, 0, 1))
     folded = weights["bn3a_branch2a/moving_mean"] - weights["res3a_branch2a/bias"]
+    assert block.bn1.running_mean is not None  # BatchNorm2d tracks running statistics by default
     np.testing.assert_allclose(block.bn1.running_mean.numpy(), folded)
     np.testing.assert_array_equal(network.fc.weight.detach().numpy(), weights["fc1000/kernel"].T)
 

@@ -11,6 +11,8 @@ from training.models import (
     Bottleneck,
     PadShortcut,
     ProjectionShortcut,
+    ResNet,
+    Shortcut,
     build_model,
     count_multiply_adds,
     count_parameters,
@@ -78,7 +80,8 @@ def test_option_b_projects_only_where_dimensions_change_and_c_everywhere() -> No
     )
     assert sum(isinstance(s, ProjectionShortcut) for s in b) == 3
     assert all(isinstance(s, ProjectionShortcut) for s in c) and len(c) == 16
-    params = [count_parameters(build_model("resnet34", shortcut=o)) for o in "ABC"]
+    options: tuple[Shortcut, ...] = ("A", "B", "C")
+    params = [count_parameters(build_model("resnet34", shortcut=o)) for o in options]
     assert params[0] < params[1] < params[2]
 
 
@@ -87,9 +90,17 @@ def test_plain_nets_have_no_shortcuts() -> None:
     assert all(s is None for s in _shortcuts(build_model("plain20")))
 
 
+def first_block_of_stage_2(model: ResNet) -> Bottleneck:
+    stage = model.stages[1]
+    assert isinstance(stage, torch.nn.Sequential)
+    block = stage[0]
+    assert isinstance(block, Bottleneck)
+    return block
+
+
 def test_stride_placement_in_bottleneck() -> None:
-    original = build_model("resnet50", stride_in="1x1").stages[1][0]
-    torchvision_style = build_model("resnet50", stride_in="3x3").stages[1][0]
+    original = first_block_of_stage_2(build_model("resnet50", stride_in="1x1"))
+    torchvision_style = first_block_of_stage_2(build_model("resnet50", stride_in="3x3"))
     assert original.conv1.stride == (2, 2) and original.conv2.stride == (1, 1)
     assert torchvision_style.conv1.stride == (1, 1) and torchvision_style.conv2.stride == (2, 2)
 
