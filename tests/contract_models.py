@@ -1,7 +1,7 @@
 """Tiny ONNX models that follow the model contract (models/README.md), for tests that need a served model
-without a trained ResNet, and the helpers to serve them: ``publish`` (an atomic write, as the exporter's)
-and ``free_port``. Shared by the service, page, deployment and training tests (``tests`` is on pytest's
-path).
+without a trained ResNet, and the helpers to serve them: ``publish`` (an atomic write, as the exporter's),
+``free_port`` and ``metric_value`` (one sample of a ``/metrics`` page). Shared by the service, page,
+deployment and training tests (``tests`` is on pytest's path).
 
 Every model here computes ``logits = mean_rgb(image) @ weights``. ``colour_model`` answers the dominant
 colour of a photo (a mostly-blue photo is labelled "blue"); ``cifar_like_model`` has the ten CIFAR-10 labels
@@ -145,3 +145,15 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def metric_value(text: str, name: str, labels: dict[str, str] | None = None) -> float:
+    """The value of one sample in a Prometheus text page, summed over matching label sets (0 if absent)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in (labels or {}).items()):
+                total += sample.value
+    return total

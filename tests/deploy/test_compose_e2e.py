@@ -27,7 +27,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from contract_models import CIFAR10_LABELS, cifar_like_model, free_port, publish
+from contract_models import CIFAR10_LABELS, cifar_like_model, free_port, metric_value, publish
 
 httpx = pytest.importorskip("httpx")
 
@@ -100,17 +100,6 @@ def _wait_for(what: str, check, timeout: float, interval: float = 2.0):
             last = exc
         time.sleep(interval)
     raise AssertionError(f"timed out waiting for {what} (last error: {last!r})")
-
-
-def _metric_total(metrics_text: str, name: str, **labels: str) -> float:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    total = 0.0
-    for family in text_string_to_metric_families(metrics_text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
 
 
 @pytest.fixture(scope="module")
@@ -211,12 +200,12 @@ def test_stack_serves_counts_and_is_scraped(stack):
 
     after = httpx.get(f"{svc}/metrics", timeout=10).text
     counted = {"route": "/classify", "method": "POST", "status": "200"}
-    n_before = _metric_total(before, "resnet_serve_http_requests_total", **counted)
-    n_after = _metric_total(after, "resnet_serve_http_requests_total", **counted)
+    n_before = metric_value(before, "resnet_serve_http_requests_total", counted)
+    n_after = metric_value(after, "resnet_serve_http_requests_total", counted)
     print(f"/metrics: resnet_serve_http_requests_total{counted} {n_before} -> {n_after}")
     assert n_after == n_before + 1, "the classify request was not counted on /metrics"
     top1 = {"model": stack["model"], "label": preds[0]["label"]}
-    assert _metric_total(after, "resnet_serve_predictions_total", **top1) >= 1
+    assert metric_value(after, "resnet_serve_predictions_total", top1) >= 1
 
     def target_up():
         targets = httpx.get(f"{prom}/api/v1/targets", timeout=5).json()["data"]["activeTargets"]

@@ -138,15 +138,3 @@ def gate_model(app: FastAPI, name: str) -> GatedSession:
     gated = GatedSession(model.session)
     model.session = gated
     return gated
-
-
-def metric_value(text: str, name: str, labels: dict[str, str] | None = None) -> float:
-    """The value of one sample in a Prometheus text page (0 if absent)."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in (labels or {}).items()):
-                total += sample.value
-    return total

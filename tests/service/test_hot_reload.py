@@ -9,13 +9,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from contract_models import colour_model, publish
+from contract_models import colour_model, metric_value, publish
 from svc_testkit import (
     LiveServer,
     gate_model,
     image_bytes,
     make_settings,
-    metric_value,
     wait_ready,
     wait_until,
 )

@@ -5,8 +5,9 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from contract_models import metric_value
 from prometheus_client.parser import text_string_to_metric_families
-from svc_testkit import gate_model, image_bytes, make_settings, metric_value, running_client, wait_until
+from svc_testkit import gate_model, image_bytes, make_settings, running_client, wait_until
 
 PNG = {"content-type": "image/png"}
 MODEL = {"model": "colours"}

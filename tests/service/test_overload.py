@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from contract_models import metric_value
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 from svc_testkit import (
@@ -22,7 +23,6 @@ from svc_testkit import (
     gate_model,
     image_bytes,
     make_settings,
-    metric_value,
     running_client,
     wait_until,
 )
