@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from service.batcher import Reservation
+from service.batcher import ADMISSION_HEADROOM, Reservation
 from service.errors import InvalidParameter, Overloaded, RequestTimeout
 from service.metrics import Metrics
 from service.preprocess import CROP_COUNTS, make_crops, preprocess, softmax
@@ -63,12 +63,6 @@ def top_predictions(probabilities: np.ndarray, labels: tuple[str, ...], k: int) 
     k = min(k, len(probabilities))
     order = np.argsort(-probabilities, kind="stable")[:k]
     return [Prediction(label=labels[i], index=int(i), probability=float(probabilities[i])) for i in order]
-
-
-# Share of the deadline that the batching queue's expected wait may take at admission; the rest
-# covers decoding and the estimate's error, so an admitted request is answered, not timed out.
-# (At 0.9, 3 of 108 admitted requests still overran 30 s under 300 clients in bench/stress.py.)
-ADMISSION_HEADROOM = 0.8
 
 
 class Classifier:

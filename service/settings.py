@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.batcher import ADMISSION_HEADROOM
 from service.defaults import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_PROVIDERS, DEFAULT_TRT_CACHE_DIR
 from service.preprocess import DEFAULT_MAX_RESIZED_PIXELS
 
@@ -78,7 +79,8 @@ class Settings(BaseSettings):
         gt=0,
         description="deadline of each image, from its upload read to its answer (a batch request times each "
         "image on its own; ?timeout=S on /classify and /classify/batch may shorten it): an image that the "
-        "work ahead of it would keep past 0.8 of it gets 503 at once, one that overruns it 504",
+        f"work ahead of it would keep past {ADMISSION_HEADROOM:g} of it gets 503 at once, one that overruns "
+        "it 504",
     )
     max_upload_bytes: int = Field(
         default=20 * 1024 * 1024, ge=1, description="largest request body in bytes (413 above it)"
