@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import uvicorn
 from contract_models import free_port
@@ -93,9 +94,14 @@ def running_client(settings: Settings, names: Iterable[str] = ("colours",)) -> I
 
 
 class LiveServer:
-    """The app under uvicorn on 127.0.0.1, as ``python -m service`` runs it, in a background thread."""
+    """The app under uvicorn on 127.0.0.1, as ``python -m service`` runs it, in a background thread.
 
-    def __init__(self, settings: Settings) -> None:
+    Entering it waits until the models in ``names`` are ready, as ``running_client`` does: models load
+    after uvicorn starts, and a request sent before then is rightly answered 503 ``not_ready``.
+    """
+
+    def __init__(self, settings: Settings, names: Iterable[str] = ("colours",)) -> None:
+        self.names = tuple(names)
         self.app: FastAPI = create_app(settings)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -109,6 +115,8 @@ class LiveServer:
     def __enter__(self) -> LiveServer:
         self.thread.start()
         wait_until(lambda: self.server.started, what="uvicorn start")
+        with httpx.Client(base_url=self.url) as http:
+            wait_ready(http, self.names)
         return self
 
     def __exit__(self, *exc: object) -> None:

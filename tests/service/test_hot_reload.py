@@ -60,7 +60,6 @@ class Traffic:
 def live(tmp_path: Path) -> Iterator[tuple[LiveServer, httpx.Client, Path]]:
     publish(tmp_path / "colours.onnx", colour_model(version="v1"))
     with LiveServer(make_settings(tmp_path, watch=True)) as server, httpx.Client(base_url=server.url) as http:
-        wait_ready(http, ["colours"])
         yield server, http, tmp_path
 
 

@@ -7,11 +7,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from svc_testkit import LiveServer, image_bytes, make_settings, running_client, wait_ready
+from svc_testkit import LiveServer, image_bytes, make_settings, running_client
 
 RED, GREEN, BLUE = (230, 20, 10), (15, 220, 30), (20, 40, 240)
 VERSION = "20250101T000000Z"
@@ -26,8 +25,6 @@ from tritonclient.utils import InferenceServerException  # noqa: E402
 @pytest.fixture(scope="module")
 def triton(models_dir: Path) -> Iterator[httpclient.InferenceServerClient]:
     with LiveServer(make_settings(models_dir)) as server:
-        with httpx.Client(base_url=server.url) as http:
-            wait_ready(http, ["colours"])
         yield httpclient.InferenceServerClient(f"127.0.0.1:{server.port}")
 
 
