@@ -11,6 +11,10 @@ are awaited (not counted), so the server is idle when the next phase starts.
 carrying ``Retry-After`` it sleeps that many seconds (at most CAP) before its next request. The summary
 counts the answers per status, the 503s that carried ``Retry-After``, and latency percentiles per status.
 
+``--protocol`` says how one photo becomes one request: ``service`` (this project's ``/classify``) or a
+peer's own protocol, whose sender lives beside that peer's runner (``PROTOCOLS``). A sender returns the
+response; only the service's answers carry server timings.
+
 Writes a JSON summary (``--out``) with the per-request records, and prints one line.
 """
 
@@ -18,10 +22,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import resource
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
@@ -29,11 +35,38 @@ from common import load_images, median, percentile, write_json
 
 TIMING_KEYS = ("decode_ms", "queue_ms", "inference_ms", "total_ms")
 
+# One request for one photo: (client, photo file name, photo bytes, options) -> the response.
+Sender = Callable[[httpx.AsyncClient, str, bytes, dict[str, str]], Awaitable[httpx.Response]]
+
+
+async def send_service(
+    http: httpx.AsyncClient, name: str, data: bytes, options: dict[str, str]
+) -> httpx.Response:
+    """``POST /classify`` with the photo as multipart field ``image`` (``options``: query parameters)."""
+    return await http.post("/classify", params=options, files={"image": (name, data, "image/jpeg")})
+
+
+# protocol -> (module in bench/, sender function in it); "service" is send_service above
+PROTOCOLS: dict[str, tuple[str, str]] = {
+    "service": ("", "send_service"),
+    "torchserve": ("peer_torchserve", "send"),
+    "triton-bytes": ("peer_triton", "send_bytes"),
+    "triton-tensor": ("peer_triton", "send_tensor"),
+}
+
+
+def sender(protocol: str) -> Sender:
+    module, function = PROTOCOLS[protocol]
+    if not module:
+        return send_service
+    found: Sender = getattr(importlib.import_module(module), function)
+    return found
+
 
 async def client(
     worker: int,
     http: httpx.AsyncClient,
-    url: str,
+    send: Sender,
     params: dict[str, str],
     images: list[tuple[str, bytes]],
     start_at: float,
@@ -51,10 +84,10 @@ async def client(
         started = time.perf_counter()
         record: dict = {"worker": worker, "image": name, "start": started}
         try:
-            response = await http.post(url, params=params, files={"image": (name, data, "image/jpeg")})
+            response = await send(http, name, data, params)
             record["status"] = response.status_code
             if response.status_code == 200:
-                timings = response.json().get("timings")
+                timings = response.json().get("timings") if send is send_service else None
                 if isinstance(timings, dict):
                     record["timings"] = {k: timings[k] for k in TIMING_KEYS if k in timings}
             else:
@@ -96,7 +129,7 @@ async def run(args: argparse.Namespace) -> dict:
                 client(
                     w,
                     http,
-                    "/classify",
+                    sender(args.protocol),
                     params,
                     images,
                     begin + ramp * w / args.concurrency,
@@ -198,7 +231,8 @@ async def run(args: argparse.Namespace) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--url", required=True, help="base URL, e.g. http://127.0.0.1:8000")
-    parser.add_argument("--model", help="model query parameter")
+    parser.add_argument("--model", help="model name (the service's model query parameter)")
+    parser.add_argument("--protocol", choices=sorted(PROTOCOLS), default="service")
     parser.add_argument("--crops", type=int, default=10)
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--warmup", type=float, default=10.0, help="seconds whose answers are discarded")

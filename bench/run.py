@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -38,8 +36,8 @@ from common import (
     prepare_images,
     steal_pct,
 )
+from harness import PY, Server, free_port, load, log
 
-PY = sys.executable
 README = BENCH / "README.md"
 RESULTS_JSON = BENCH / "results.json"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
@@ -61,22 +59,6 @@ QUICK_DURATIONS = {1: (3.0, 8.0), 8: (8.0, 12.0), 32: (12.0, 12.0)}
 QUICK_CONCURRENCIES = (1, 8)  # --quick: the headline service config and the first naive handler only
 
 
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process, all its threads."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def contention() -> dict[str, Any]:
     found = subprocess.run(["pgrep", "-af", "training/train.py"], capture_output=True, text=True).stdout
     return {"load_average": os.getloadavg(), "training_job": [line for line in found.splitlines() if line]}
@@ -88,81 +70,6 @@ def run_step(args: list[str], out: Path) -> dict:
     subprocess.run([PY, *map(str, args), "--out", str(out)], cwd=REPO, check=True)
     result = json.loads(out.read_text())
     result["steal_pct"] = steal_pct(before, cpu_totals())
-    return result
-
-
-class Server:
-    """A server subprocess that is up once ``/readyz`` answers 200."""
-
-    def __init__(
-        self,
-        name: str,
-        command: list[str],
-        env: dict[str, str],
-        port: int,
-        log_path: Path,
-        cwd: Path = REPO,
-    ) -> None:
-        self.name, self.port, self.log_path = name, port, log_path
-        self.url = f"http://127.0.0.1:{port}"
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = log_path.open("w")
-        log(f"starting {name}: {' '.join(command)}")
-        self.proc = subprocess.Popen(
-            command, cwd=cwd, env={**os.environ, **env}, stdout=self._log, stderr=subprocess.STDOUT
-        )
-
-    def wait_ready(self, timeout: float = 300.0) -> float:
-        started = time.perf_counter()
-        while time.perf_counter() - started < timeout:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}; see {self.log_path}")
-            try:
-                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
-                    return time.perf_counter() - started
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise RuntimeError(f"{self.name} not ready after {timeout:.0f} s; see {self.log_path}")
-
-    def stop(self, sig: signal.Signals = signal.SIGINT, timeout: float = 30.0) -> None:
-        """Ask the server to stop with ``sig``; SIGKILL if it is still there after ``timeout`` s."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-
-
-def load(
-    server: Server,
-    concurrency: int,
-    durations: dict,
-    out: Path,
-    model: str | None,
-    extra: list[str] | None = None,
-) -> dict:
-    """Run ``loadgen.py`` against ``server`` (``extra``: more loadgen options); its summary, no records."""
-    warmup, duration = durations[concurrency]
-    command = [
-        PY, "bench/loadgen.py", "--url", server.url, "--concurrency", str(concurrency), "--crops", "10",
-        "--warmup", str(warmup), "--duration", str(duration), "--out", str(out),
-    ]  # fmt: skip
-    if model:
-        command += ["--model", model]
-    command += extra or []
-    cpu_before, t_before, stat_before = cpu_seconds(server.proc.pid), time.perf_counter(), cpu_totals()
-    log(f"load {server.name} c={concurrency} ({warmup:g} s warm-up + {duration:g} s)")
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
-    cpu_after, t_after = cpu_seconds(server.proc.pid), time.perf_counter()
-    print(done.stdout.strip(), done.stderr.strip()[-2000:], sep="\n", flush=True)
-    result = json.loads(out.read_text())
-    result["server_cpu_cores"] = round((cpu_after - cpu_before) / (t_after - t_before), 3)
-    result["steal_pct"] = steal_pct(stat_before, cpu_totals())
-    result.pop("records")  # kept in the per-phase file under bench/.work/results/
     return result
 
 

@@ -64,6 +64,7 @@ from common import (
 )
 from fuzz_images import Corpus, noise
 from loadgen import client as loadgen_client
+from loadgen import send_service
 from run import PY, Server, free_port, load, log, write_readme
 
 PHASES = ("fuzz", "memory", "saturation", "soak", "hotswap", "kill", "slowloris")
@@ -462,7 +463,7 @@ class BackgroundClients:
                     loadgen_client(
                         w,
                         http,
-                        "/classify",
+                        send_service,
                         self.params,
                         self.images,
                         begin,
