@@ -39,18 +39,22 @@ class InvalidModelError(ValueError):
 class ModelCard:
     """The contract's metadata: one field per ``metadata_props`` key, in the order the API shows them.
 
-    The type of a field decides its encoding: ``labels`` and the test errors are JSON (an unmeasured error is
-    ``"null"``), the rest plain strings. The fields without a default, and ``schema_version``, are required.
+    The type of a field decides its encoding: ``labels``, the test errors and ``quantization`` are JSON (an
+    unmeasured error is ``"null"``), the rest plain strings. The fields without a default, and
+    ``schema_version``, are required. A quantized model is served like any other; ``precision`` and
+    ``quantization`` (its FP32 parent, calibration, and both models' measured accuracy) say what it costs.
     """
 
     version: str = UNVERSIONED
     arch: str | None = None
     dataset: str | None = None
+    precision: str = "fp32"
     crop_size: int
     resize_size: int
     labels: tuple[str, ...]
     test_error_1crop: float | None = None
     test_error_10crop: float | None = None
+    quantization: dict[str, Any] | None = field(default=None, hash=False)
     created: str | None = None
     checkpoint_sha256: str | None = None
     schema_version: str = SCHEMA_VERSION
@@ -97,6 +101,8 @@ def _encode(kind: Any, value: Any) -> str | None:
         return json.dumps(list(value))
     if kind == float | None:
         return json.dumps(value)
+    if kind == dict[str, Any] | None:
+        return None if value is None else json.dumps(value, sort_keys=True)
     return None if value is None else str(value)
 
 
@@ -149,10 +155,21 @@ def _test_error(key: str, raw: str) -> float | None:
     return value
 
 
+def _json_object(key: str, raw: str) -> dict[str, Any]:
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise InvalidModelError(f"metadata {key} is not JSON: {exc.msg}") from None
+    if not isinstance(value, dict):
+        raise InvalidModelError(f"metadata {key} must be a JSON object")
+    return value
+
+
 _READERS: dict[Any, Callable[[str, str], Any]] = {
     int: _positive_int,
     tuple[str, ...]: _labels,
     float | None: _test_error,
+    dict[str, Any] | None: _json_object,
 }
 
 

@@ -1,6 +1,7 @@
 """Tiny ONNX models that follow the model contract (models/README.md), for tests that need a served model
 without a trained ResNet, and the helpers to serve them: ``publish`` (an atomic write, as the exporter's),
-``free_port`` and ``metric_value`` (one sample of a ``/metrics`` page). Shared by the service, page,
+``free_port`` and ``metric_value`` (one sample of a ``/metrics`` page), and ``write_colour_photos``, labelled
+photos those models classify (an ImageFolder). Shared by the service, page,
 deployment and training tests (``tests`` is on pytest's path).
 
 Every model here computes ``logits = mean_rgb(image) @ weights``. ``colour_model`` answers the dominant
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+from PIL import Image
 
 from service.atomic_file import atomic_write_bytes
 from service.model_contract import ModelCard, metadata_props
@@ -132,6 +134,19 @@ def with_outputs(model: onnx.ModelProto, logits: str, first: str | None = None) 
         graph.output.extend(outputs)
     onnx.checker.check_model(model)
     return model
+
+
+def write_colour_photos(root: Path, split: str, per_class: int, low: int, high: int, seed: int) -> None:
+    """``per_class`` PNGs per colour under ``root/split/<colour>``: every channel in [low, high), the
+    class's own channel 100 brighter."""
+    rng = np.random.default_rng(seed)
+    for index, name in enumerate(COLORS):
+        folder = root / split / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pixels = rng.integers(low, high, (12, 12, 3)).astype(np.int32)
+            pixels[..., index] += 100
+            Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(folder / f"{i:03d}.png")
 
 
 def publish(path: Path, content: onnx.ModelProto | bytes) -> Path:

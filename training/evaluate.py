@@ -132,6 +132,20 @@ def load_rows(path: Path, meta: ModelMetadata, crops: int, max_pixels: int) -> n
         return f"{path}: {exc}"
 
 
+def open_session(
+    model: Path, meta: ModelMetadata, providers: Sequence[str] | None, batch_size: int, crops: int
+) -> Any:
+    """A session made as the service makes one (``providers`` named as the service names them)."""
+    return create_session(
+        model,
+        list(providers or DEFAULT_PROVIDERS.split(",")),
+        DEFAULT_TRT_CACHE_DIR,
+        input_name=meta.input_name,
+        crop_size=meta.crop_size,
+        max_batch_size=max(batch_size, crops),
+    )
+
+
 def chunks(items: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -266,14 +280,7 @@ def evaluate(
         raise ValueError(f"crops must be 1 or 10, not {crops}")
     meta = read_model_metadata(model)
     dataset = load_dataset(data, meta.labels, limit)
-    session = create_session(
-        model,
-        list(providers or DEFAULT_PROVIDERS.split(",")),
-        DEFAULT_TRT_CACHE_DIR,
-        input_name=meta.input_name,
-        crop_size=meta.crop_size,
-        max_batch_size=max(batch_size, crops),
-    )
+    session = open_session(model, meta, providers, batch_size, crops)
     workers = threads or min(8, os.cpu_count() or 1)
     result = predict(session, meta, dataset.paths, crops, batch_size, workers)
     if not len(result.kept):

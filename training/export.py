@@ -1,6 +1,8 @@
 """Export a trained ResNet to a self-describing ONNX model the service can serve as it is.
 
-``python training/export.py CKPT`` writes ``models/<arch>-<dataset>.onnx``: input ``image`` uint8
+``python training/export.py CKPT [--int8]`` writes ``models/<arch>-<dataset>.onnx`` (and with ``--int8`` its
+quantized sibling ``<arch>-<dataset>-int8.onnx``, calibrated on the run's training data: see
+``training/quantize.py``): input ``image`` uint8
 [N, H, W, 3] RGB, the normalisation inside the graph, output ``logits`` [N, classes], and the metadata of the
 model contract, which ``service/model_contract.py`` declares and writes (``models/README.md`` documents it).
 This module is the PyTorch half only. ONNX Runtime must agree with PyTorch (max |logit difference| <= 1e-4
@@ -22,8 +24,10 @@ from torch import Tensor, nn
 
 from service.atomic_file import atomic_write_bytes
 from service.model_contract import IMAGE_INPUT, LOGITS_OUTPUT, ModelCard, write_metadata
-from training.checkpoint import load_checkpoint, sha256_file
+from training.checkpoint import load_checkpoint
+from training.digest import sha256_file
 from training.models import ARCHITECTURES, build_model
+from training.quantize import QUANTIZE_ERRORS, add_arguments, quantize_from_arguments
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +124,11 @@ def final_results(checkpoint: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
+def training_data(path: Path) -> Path:
+    """The data directory the checkpoint at ``path`` was trained on: INT8 calibration comes from there."""
+    return Path(load_checkpoint(path)["config"]["data"])
+
+
 def export_checkpoint(path: Path, models_dir: Path = Path("models"), name: str | None = None) -> Path:
     """Export a ``train.py`` checkpoint to ``models_dir/<arch>-<dataset>.onnx`` (or ``<name>.onnx``)."""
     checkpoint = load_checkpoint(path)
@@ -153,10 +162,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("checkpoint", type=Path, help="a checkpoint written by training/train.py")
     parser.add_argument("--models-dir", type=Path, default=Path("models"), help="where to publish the model")
     parser.add_argument("--name", help="model name (default: <arch>-<dataset>)")
+    add_arguments(parser, int8_flag=True)
     args = parser.parse_args(argv)
     try:
-        print(export_checkpoint(args.checkpoint, args.models_dir, args.name))
-    except (ExportError, FileNotFoundError) as exc:
+        published = export_checkpoint(args.checkpoint, args.models_dir, args.name)
+        print(published)
+        if args.int8:
+            print(quantize_from_arguments(published, args, training_data(args.checkpoint)))
+    except (ExportError, *QUANTIZE_ERRORS) as exc:
         log.error("%s", exc)
         return 1
     return 0

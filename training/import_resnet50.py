@@ -33,9 +33,10 @@ import torch
 from torch import nn
 
 from service.model_contract import ModelCard
-from training.checkpoint import sha256_file
+from training.digest import sha256_file
 from training.export import ExportError, PixelInput, export_model
 from training.models import Bottleneck, ResNet
+from training.quantize import QUANTIZE_ERRORS, add_arguments, int8_path, quantize_from_arguments
 
 log = logging.getLogger(__name__)
 
@@ -511,10 +512,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models-dir", type=Path, default=Path("models"), help="where to publish the model")
     parser.add_argument("--tarball", type=Path, help=f"an already downloaded {TARBALL_NAME}")
     parser.add_argument("--force", action="store_true", help="import again even if the model exists")
+    add_arguments(parser, int8_flag=True)
     args = parser.parse_args(argv)
     try:
-        print(import_resnet50(args.cache_dir, args.models_dir, args.tarball, args.force))
-    except (ImportFailure, ExportError) as exc:
+        published = import_resnet50(args.cache_dir, args.models_dir, args.tarball, args.force)
+        print(published)
+        if args.int8 and (args.force or not int8_path(published).exists()):
+            print(quantize_from_arguments(published, args))
+    except (ImportFailure, ExportError, *QUANTIZE_ERRORS) as exc:
         log.error("%s", exc)
         return 1
     return 0

@@ -31,6 +31,7 @@ from training.config import (
 from training.data import DataError
 from training.evaluation import Evaluator, FinalResults, final_evaluation
 from training.loop import EpochStats, StopRequested, Trainer
+from training.quantize import QuantizationError, add_arguments, quantize_from_arguments
 from training.reporting import Report
 from training.sources import Normalisation, open_source
 
@@ -54,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--models-dir", type=Path, default=Path("models"), help="where --export publishes (default: models)"
     )
+    add_arguments(parser, int8_flag=True)
     run.add_argument(
         "--eval-only", type=Path, metavar="CKPT", help="evaluate CKPT (1-crop and 10-crop) and exit"
     )
@@ -172,7 +174,10 @@ def evaluate_only(path: Path, args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.int8 and not args.export:
+        parser.error("--int8 quantizes the exported model: use it with --export")
     stop = StopRequested()
     try:
         if args.eval_only:
@@ -206,9 +211,11 @@ def main(argv: list[str] | None = None) -> int:
         if run.rank == 0 and args.export:
             from training.export import export_checkpoint
 
-            export_checkpoint(out / "last.pt", args.models_dir)
+            published = export_checkpoint(out / "last.pt", args.models_dir)
+            if args.int8:
+                quantize_from_arguments(published, args, Path(config.data))
         return 0
-    except (DataError, FileNotFoundError) as exc:
+    except (DataError, FileNotFoundError, QuantizationError) as exc:
         log.error("%s", exc)
         return 2
     finally:

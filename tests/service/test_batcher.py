@@ -113,15 +113,32 @@ def test_full_queue_answers_overloaded_at_once() -> None:
     run(scenario())
 
 
-def test_rows_waiting_for_their_batch_to_fill_are_still_ahead_of_new_requests() -> None:
+def test_a_request_on_an_idle_model_runs_at_once_without_waiting_for_company() -> None:
     async def scenario() -> None:
         infer = GatedInfer()
         infer.gate.set()
-        batcher = make(infer, max_queue_delay_s=0.5, seconds_per_row=1.0)
-        pending = asyncio.ensure_future(batcher.submit(rows(1)))
-        await asyncio.sleep(0.1)  # taken from the queue, waiting up to 0.5 s for others to join
-        assert not infer.started.is_set() and batcher.depth == 0
+        batcher = make(infer, max_queue_delay_s=30.0)
+        result = await asyncio.wait_for(batcher.submit(rows(1)), 10)  # not held for the 30 s delay
+        assert result.batch_requests == 1 and result.queue_s < 10
+        await batcher.close()
+
+    run(scenario())
+
+
+def test_rows_waiting_for_their_batch_to_fill_are_still_ahead_of_new_requests() -> None:
+    async def scenario() -> None:
+        infer = GatedInfer()
+        batcher = make(infer, max_queue_delay_s=0.5)
+        running = asyncio.ensure_future(batcher.submit(rows(1)))
+        await started(infer)  # a batch is in flight: the next request waits up to 0.5 s for company
+        pending = asyncio.ensure_future(batcher.submit(rows(2)))
+        await asyncio.sleep(0.01)
+        infer.gate.set()
+        await running
+        await asyncio.sleep(0.1)  # taken from the queue, waiting for others to join
+        assert infer.batches == [2] and batcher.depth == 0
         assert batcher.rows_ahead == 2
+        batcher.seconds_per_row = 1.0  # as measured on a slow model
         with pytest.raises(Overloaded, match="cannot answer within"):
             batcher.check_admission(2, budget_s=3.0)  # 4 rows at 1 s each
         await pending

@@ -24,7 +24,7 @@ from PIL import Image
 from service.model_contract import read_model_metadata
 from service.preprocess import make_crops, preprocess, softmax
 from training import import_resnet50 as importer
-from training.checkpoint import sha256_file
+from training.digest import sha256_file
 from training.models import Bottleneck, build_model
 
 SMALL_BLOCKS = (2, 1, 1, 1)

@@ -1,0 +1,108 @@
+"""INT8 quantization: a model that follows the contract and says what it costs, or nothing published."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import onnx
+import pytest
+from contract_models import colour_model, publish, write_colour_photos
+
+from service.model_contract import read_model_metadata
+from training import export, quantize
+from training.data import DataError
+from training.digest import sha256_file
+from training.quantize import QuantizationError, quantize_model
+
+
+@pytest.fixture
+def colours(tmp_path: Path) -> Path:
+    """Bright colour photos: a training split to calibrate on, a test split to measure on."""
+    root = tmp_path / "colours"
+    write_colour_photos(root, "train", 20, 60, 140, seed=0)
+    write_colour_photos(root, "test", 10, 60, 140, seed=1)
+    return root
+
+
+@pytest.fixture
+def fp32(tmp_path: Path) -> Path:
+    return publish(tmp_path / "models" / "colours.onnx", colour_model())
+
+
+def test_the_int8_model_follows_the_contract_and_records_its_cost(fp32: Path, colours: Path) -> None:
+    published = quantize_model(fp32, colours, calibration_images=12)
+    assert published == fp32.with_name("colours-int8.onnx")
+    model = onnx.load(str(published))
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {node.op_type for node in model.graph.node}
+    meta = read_model_metadata(published)  # the reader the service uses
+    parent = read_model_metadata(fp32)
+    assert meta.precision == "int8" and parent.precision == "fp32"
+    assert (meta.labels, meta.crop_size, meta.resize_size) == (
+        parent.labels,
+        parent.crop_size,
+        parent.resize_size,
+    )
+    q = meta.quantization
+    assert q is not None
+    assert q["parent_sha256"] == sha256_file(fp32)
+    assert q["calibration"]["images"] == 12 and q["calibration"]["classes"] == 3
+    assert Path(q["calibration"]["source"]) == colours / "train"
+    assert q["evaluated_on"] == {"data": str(colours / "test"), "images": 30}
+    # The colour model is right on every test photo, in both precisions.
+    assert meta.test_error_1crop == meta.test_error_10crop == 0.0
+    assert q["parent_test_error_1crop"] == q["parent_test_error_10crop"] == 0.0
+    assert q["top1_agreement_10crop"] == 1.0
+
+
+def test_a_costly_quantization_is_refused_and_publishes_nothing(fp32: Path, tmp_path: Path) -> None:
+    # Calibrated on dark photos only, the INT8 ranges clip the bright test photos' channels alike.
+    data = tmp_path / "skewed"
+    write_colour_photos(data, "train", 8, 0, 20, seed=0)
+    write_colour_photos(data, "test", 10, 120, 150, seed=1)
+    with pytest.raises(
+        QuantizationError, match=r"exceeds the FP32 parent's by more than 1\.00 points"
+    ) as info:
+        quantize_model(fp32, data)
+    assert "1-crop" in str(info.value) and "was not published" in str(info.value)
+    assert sorted(p.name for p in fp32.parent.iterdir()) == ["colours.onnx"]  # no file, no scratch left
+
+
+def test_calibration_never_comes_from_the_test_split(fp32: Path, colours: Path) -> None:
+    with pytest.raises(DataError, match="is a test split"):
+        quantize_model(fp32, colours / "test", evaluation=colours)
+    with pytest.raises(DataError, match="holds the calibration images"):
+        quantize_model(fp32, colours, evaluation=colours / "train")
+
+
+def test_an_int8_model_is_not_quantized_again(fp32: Path, colours: Path) -> None:
+    int8 = quantize_model(fp32, colours, calibration_images=6)
+    with pytest.raises(QuantizationError, match="already int8"):
+        quantize_model(int8, colours)
+
+
+def test_the_command_line_explains_a_missing_calibration(fp32: Path, colours: Path) -> None:
+    assert quantize.main([str(fp32)]) == 1
+    assert not fp32.with_name("colours-int8.onnx").exists()
+    assert quantize.main([str(fp32), "--calibration", str(colours), "--calibration-images", "6"]) == 0
+    meta = read_model_metadata(fp32.with_name("colours-int8.onnx"))
+    assert meta.quantization is not None and meta.quantization["calibration"]["images"] == 6
+
+
+def test_export_int8_calibrates_on_the_runs_training_data(tiny_data: Path, tmp_path: Path) -> None:
+    from training import train
+
+    run = tmp_path / "run"
+    args = ["--data", str(tiny_data), "--batch-size", "12", "--device", "cpu", "--no-progress",
+            "--cache-dir", str(tmp_path / "cache"), "--out", str(run), "--iterations", "8"]  # fmt: skip
+    assert train.main(args) == 0
+    models = tmp_path / "models"
+    # A barely trained network: the error check gets a wide margin here; its refusal is tested above.
+    argv = [str(run / "last.pt"), "--models-dir", str(models), "--name", "tiny", "--int8",
+            "--calibration-images", "9", "--max-error-increase", "1"]  # fmt: skip
+    assert export.main(argv) == 0
+    meta = read_model_metadata(models / "tiny-int8.onnx")
+    assert meta.precision == "int8" and meta.arch == read_model_metadata(models / "tiny.onnx").arch
+    assert meta.quantization is not None
+    assert Path(meta.quantization["calibration"]["source"]) == tiny_data / "train"
+    assert json.loads(json.dumps(meta.quantization))["evaluated_on"]["images"] == 12
