@@ -47,14 +47,23 @@ from service.model_contract import (
     write_metadata,
 )
 from service.preprocess import CROP_COUNTS, preprocess
-from training.data import DataError, scan_split, split_dir
+from training.data import IMAGE_EXTENSIONS, DataError, scan_split, split_dir
 from training.digest import sha256_file
-from training.evaluate import Predictions, load_dataset, open_session, predict, spread_limit
+from training.evaluate import (
+    Dataset,
+    Predictions,
+    load_dataset,
+    open_session,
+    predict,
+    split_root,
+    spread_limit,
+)
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CALIBRATION_IMAGES = 128
 DEFAULT_MAX_ERROR_INCREASE = 0.01  # one point of top-1 error, 1 or 10 crops
+DEFAULT_AGREEMENT_IMAGES = 1000
 CALIBRATION_BATCH = 16
 
 
@@ -152,20 +161,30 @@ class Measured:
     top1: dict[int, np.ndarray]
 
 
-def measure(model: Path, data: Path, limit: int | None) -> Measured:
-    """Evaluate ``model`` as the service serves it, 1 and 10 crops."""
+def top1_classes(model: Path, paths: list[Path], crops: int) -> np.ndarray:
+    """The class ``model`` answers for each file, as the service answers it with ``crops`` crops."""
     meta = read_model_metadata(model)
-    dataset = load_dataset(data, meta.labels, limit)
-    errors: dict[int, float] = {}
-    top1: dict[int, np.ndarray] = {}
-    for crops in CROP_COUNTS:
-        session = open_session(model, meta, ["cpu"], batch_size=64, crops=crops)
-        found: Predictions = predict(session, meta, dataset.paths, crops, batch_size=64, threads=2)
-        if len(found.kept) != len(dataset.paths):
-            raise DataError(f"{len(found.skipped)} images under {dataset.directory} did not decode")
-        top1[crops] = found.probabilities.argmax(axis=1)
-        errors[crops] = float(np.mean(top1[crops] != dataset.targets))
-    return Measured(errors, top1)
+    session = open_session(model, meta, ["cpu"], batch_size=64, crops=crops)
+    found: Predictions = predict(session, meta, paths, crops, batch_size=64, threads=2)
+    if len(found.kept) != len(paths):
+        raise DataError(f"{len(found.skipped)} images did not decode: {'; '.join(found.skipped[:3])}")
+    classes: np.ndarray = found.probabilities.argmax(axis=1)
+    return classes
+
+
+def measure(model: Path, dataset: Dataset) -> Measured:
+    """Top-1 error of ``model`` on ``dataset`` as the service serves it, 1 and 10 crops."""
+    top1 = {crops: top1_classes(model, dataset.paths, crops) for crops in CROP_COUNTS}
+    return Measured({c: float(np.mean(top1[c] != dataset.targets)) for c in CROP_COUNTS}, top1)
+
+
+def photos(directory: Path, count: int) -> list[Path]:
+    """``count`` image files under ``directory`` (any layout), evenly spaced in name order."""
+    found = sorted(p for p in directory.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not found:
+        raise DataError(f"no image files under {directory}")
+    step = max(1, len(found) // count)
+    return found[::step][:count]
 
 
 def parent_card(meta: ModelMetadata) -> ModelCard:
@@ -183,11 +202,15 @@ def quantize_model(
     max_error_increase: float = DEFAULT_MAX_ERROR_INCREASE,
     target: Path | None = None,
     limit: int | None = None,
+    agreement: Path | None = None,
+    agreement_images: int = DEFAULT_AGREEMENT_IMAGES,
 ) -> Path:
     """Quantize, measure, and publish ``target`` (default ``<name>-int8.onnx``) when the cost is in bounds.
 
     ``evaluation``: a labelled ImageFolder (its test split when it has one; default: the test split beside the
-    calibration's training split); ``limit``: evaluate at most that many of its images.
+    calibration's training split); ``limit``: evaluate at most that many of its images. ``agreement``: photos
+    (any layout, disjoint from the calibration) on which the two models' top-1 agreement is measured; default:
+    the evaluation set.
     """
     meta = read_model_metadata(fp32)
     if meta.precision != "fp32":
@@ -196,6 +219,10 @@ def quantize_model(
         raise QuantizationError("--calibration-images must be at least 1")
     if evaluation is None:
         evaluation = split_dir(calibration, "test")  # beside the training split; a clear error when absent
+    try:
+        on_test_split = split_root(evaluation).resolve() == split_dir(calibration, "test").resolve()
+    except DataError:  # the calibration data has no test split
+        on_test_split = False
     if evaluation.resolve() == calibration_split(calibration).resolve():
         raise DataError(f"{evaluation} holds the calibration images: evaluate on a disjoint set")
     target = target or int8_path(fp32)
@@ -209,8 +236,8 @@ def quantize_model(
         onnx.save(graph, str(candidate))
         metadata_from_model(graph)  # the contract holds before anything is measured
         log.info("evaluating the FP32 parent and the INT8 model on %s, 1 and 10 crops", evaluation)
-        parent, int8 = measure(fp32, evaluation, limit), measure(candidate, evaluation, limit)
         dataset = load_dataset(evaluation, meta.labels, limit)
+        parent, int8 = measure(fp32, dataset), measure(candidate, dataset)
         increase = {c: int8.errors[c] - parent.errors[c] for c in CROP_COUNTS}
         summary = ", ".join(
             f"{c}-crop {100 * int8.errors[c]:.2f}% vs {100 * parent.errors[c]:.2f}%" for c in CROP_COUNTS
@@ -221,17 +248,30 @@ def quantize_model(
                 f"points on {len(dataset.paths)} images of {dataset.directory} ({summary}); "
                 f"{target} was not published"
             )
+        agreed = {"data": str(dataset.directory), "images": len(dataset.paths)}
+        same = int8.top1[10] == parent.top1[10]
+        if agreement is not None:
+            chosen = photos(agreement, agreement_images)
+            log.info("top-1 agreement of the two models on %d photos of %s", len(chosen), agreement)
+            same = top1_classes(candidate, chosen, 10) == top1_classes(fp32, chosen, 10)
+            agreed = {"data": str(agreement), "images": len(chosen)}
+        measured = {
+            "int8_error_1crop": int8.errors[1],
+            "int8_error_10crop": int8.errors[10],
+            "parent_error_1crop": parent.errors[1],
+            "parent_error_10crop": parent.errors[10],
+        }
+        # The contract's test errors are the test split's: set only when that is what was measured.
+        tested = (int8.errors[1], int8.errors[10]) if on_test_split else (None, None)
         card = replace(
             draft,
-            test_error_1crop=int8.errors[1],
-            test_error_10crop=int8.errors[10],
+            test_error_1crop=tested[0],
+            test_error_10crop=tested[1],
             quantization={
                 "parent": fp32.name,
                 "parent_sha256": sha256_file(fp32),
-                "parent_test_error_1crop": parent.errors[1],
-                "parent_test_error_10crop": parent.errors[10],
-                "top1_agreement_10crop": float(np.mean(int8.top1[10] == parent.top1[10])),
-                "evaluated_on": {"data": str(dataset.directory), "images": len(dataset.paths)},
+                "evaluated_on": {"data": str(dataset.directory), "images": len(dataset.paths), **measured},
+                "top1_agreement_10crop": {**agreed, "rate": float(np.mean(same))},
                 "max_error_increase": max_error_increase,
                 "calibration": calibrated,
                 "format": "QDQ: 7-bit int8 weights per output channel, uint8 activations",
@@ -271,6 +311,18 @@ def add_arguments(parser: argparse.ArgumentParser, int8_flag: bool = False) -> N
         help="labelled ImageFolder the error check runs on (default: the test split beside --calibration)",
     )
     group.add_argument(
+        "--agreement",
+        type=Path,
+        help="photos (any layout, not the calibration's) to measure the two models' top-1 agreement on "
+        "(default: the evaluation set)",
+    )
+    group.add_argument(
+        "--agreement-images",
+        type=int,
+        default=DEFAULT_AGREEMENT_IMAGES,
+        help="at most this many --agreement photos (default: %(default)s)",
+    )
+    group.add_argument(
         "--max-error-increase",
         type=float,
         default=DEFAULT_MAX_ERROR_INCREASE,
@@ -284,7 +336,13 @@ def quantize_from_arguments(fp32: Path, args: argparse.Namespace, training_data:
     if calibration is None:
         raise QuantizationError("INT8 needs --calibration DIR: an ImageFolder of training images")
     return quantize_model(
-        fp32, calibration, args.evaluation, args.calibration_images, args.max_error_increase
+        fp32,
+        calibration,
+        args.evaluation,
+        args.calibration_images,
+        args.max_error_increase,
+        agreement=args.agreement,
+        agreement_images=args.agreement_images,
     )
 
 

@@ -48,11 +48,29 @@ def test_the_int8_model_follows_the_contract_and_records_its_cost(fp32: Path, co
     assert q["parent_sha256"] == sha256_file(fp32)
     assert q["calibration"]["images"] == 12 and q["calibration"]["classes"] == 3
     assert Path(q["calibration"]["source"]) == colours / "train"
-    assert q["evaluated_on"] == {"data": str(colours / "test"), "images": 30}
+    evaluated = q["evaluated_on"]
+    assert (evaluated["data"], evaluated["images"]) == (str(colours / "test"), 30)
     # The colour model is right on every test photo, in both precisions.
-    assert meta.test_error_1crop == meta.test_error_10crop == 0.0
-    assert q["parent_test_error_1crop"] == q["parent_test_error_10crop"] == 0.0
-    assert q["top1_agreement_10crop"] == 1.0
+    assert evaluated["int8_error_1crop"] == evaluated["parent_error_1crop"] == 0.0
+    assert meta.test_error_1crop == meta.test_error_10crop == 0.0  # the test split's, so the contract's too
+    assert q["top1_agreement_10crop"] == {"data": str(colours / "test"), "images": 30, "rate": 1.0}
+
+
+def test_agreement_on_other_photos_and_errors_off_the_test_split(
+    fp32: Path, colours: Path, tmp_path: Path
+) -> None:
+    others, held = tmp_path / "others", tmp_path / "held"
+    write_colour_photos(others, "any", 5, 60, 140, seed=2)
+    write_colour_photos(held, "test", 3, 60, 140, seed=3)
+    published = quantize_model(
+        fp32, colours, evaluation=held, calibration_images=6, agreement=others, agreement_images=9
+    )
+    meta = read_model_metadata(published)
+    assert meta.quantization is not None
+    assert meta.quantization["top1_agreement_10crop"] == {"data": str(others), "images": 9, "rate": 1.0}
+    assert meta.quantization["evaluated_on"]["int8_error_10crop"] == 0.0
+    # Measured on another set than the training data's test split: not the contract's test error.
+    assert meta.test_error_1crop is None and meta.test_error_10crop is None
 
 
 def test_a_costly_quantization_is_refused_and_publishes_nothing(fp32: Path, tmp_path: Path) -> None:
