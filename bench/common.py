@@ -6,11 +6,8 @@ import io
 import json
 import os
 import platform
-import re
 import subprocess
-import sys
 import time
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +18,13 @@ WORK = BENCH / ".work"  # everything generated (gitignored: /bench/.work/)
 MODELS_DIR = WORK / "models"
 MODEL_NAME = "resnet50-random"
 MODEL_PATH = MODELS_DIR / f"{MODEL_NAME}.onnx"
+INT8_MODEL_NAME = f"{MODEL_NAME}-int8"
+INT8_MODEL_PATH = MODELS_DIR / f"{INT8_MODEL_NAME}.onnx"  # the same weights quantized by training/quantize.py
 STATE_PATH = WORK / f"{MODEL_NAME}.pt"  # the same weights for the PyTorch eager baseline
 IMAGES_DIR = WORK / "images"  # the real JPEG photos the load generator sends
 SIZED_DIR = WORK / "sized"  # 640x480 and 4000x3000 JPEGs for the preprocessing benchmark
 RESULTS_DIR = WORK / "results"
 
-FOOLBOX = "foolbox==3.3.4"
-FOOLBOX_WHEEL = "foolbox-3.3.4-py3-none-any.whl"
-FOOLBOX_IMAGE = re.compile(r"^foolbox/data/imagenet_\d+_\d+\.jpg$")
 JPEG_QUALITY = 90
 SIZES = {"640x480": (640, 480), "4000x3000": (4000, 3000)}
 
@@ -37,21 +33,6 @@ MEAN = [123.675, 116.28, 103.53]
 STD = [58.395, 57.12, 57.375]
 CROP_SIZE = 224
 RESIZE_SIZE = 256
-
-
-def _foolbox_wheel() -> Path:
-    wheel = WORK / FOOLBOX_WHEEL
-    cached = REPO / "cache" / FOOLBOX_WHEEL  # tests/training/imagenet_samples.py keeps one here
-    if not wheel.is_file() and cached.is_file():
-        return cached
-    if not wheel.is_file():
-        WORK.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "-q", FOOLBOX, "-d", str(WORK)],
-            check=True,
-            timeout=300,
-        )
-    return wheel
 
 
 def _jpeg(image: Any, quality: int = JPEG_QUALITY) -> bytes:
@@ -67,10 +48,14 @@ def prepare_images() -> dict[str, Any]:
     IMAGES_DIR.mkdir(parents=True, exist_ok=True)
     SIZED_DIR.mkdir(parents=True, exist_ok=True)
     if len(list(IMAGES_DIR.glob("*.jpg"))) < 22:
-        with zipfile.ZipFile(_foolbox_wheel()) as archive:
-            for name in archive.namelist():
-                if FOOLBOX_IMAGE.match(name):
-                    (IMAGES_DIR / Path(name).name).write_bytes(archive.read(name))
+        from training.imagenet_samples import FOOLBOX, FOOLBOX_WHEEL, foolbox_imagenet, foolbox_wheel
+
+        cached = REPO / "cache" / FOOLBOX_WHEEL  # the tests keep one here
+        wheel = cached if cached.is_file() else foolbox_wheel(WORK)
+        if wheel is None:
+            raise RuntimeError(f"pip could not download {FOOLBOX} (the benchmark photos)")
+        for sample in foolbox_imagenet(wheel):
+            (IMAGES_DIR / sample.name).write_bytes(sample.data)
         import skimage.data
 
         for name in ("chelsea", "coffee"):
@@ -189,28 +174,29 @@ def write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n")
 
 
-_ort_spinning_disabled = False  # set by disable_ort_spinning()
+def override_session_options(entries: dict[str, str], attributes: dict[str, str]) -> None:
+    """Make every ONNX Runtime session created from now on in this process use these options.
 
-
-def disable_ort_spinning() -> None:
-    """Make every ONNX Runtime session created from now on in this process stop spin-waiting.
-
-    An experiment hook (``raw_ort.py --no-spin``): ONNX Runtime's intra-op
-    threads busy-wait for the next parallel section by default, which on 2 cores takes CPU from the
-    service's event loop and preprocessing threads between session runs.
+    An experiment hook (``raw_ort.py --entry/--set``, ``ort_options.py``): the session stays the one
+    ``service.runtime.create_session`` makes, with one option changed. ``entries`` are session config entries
+    (``session.intra_op.allow_spinning=0``); ``attributes`` are ``SessionOptions`` attributes, an enum by its
+    name (``graph_optimization_level=ORT_ENABLE_BASIC``, ``execution_mode=ORT_PARALLEL``) or an integer.
     """
-    global _ort_spinning_disabled
     import onnxruntime as ort
 
-    if _ort_spinning_disabled:
-        return
     original = ort.SessionOptions
+
+    def value(raw: str) -> Any:
+        return getattr(ort, raw) if hasattr(ort, raw) else int(raw)
 
     def options() -> Any:
         made = original()
-        made.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        made.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        for key, raw in entries.items():
+            made.add_session_config_entry(key, raw)
+        for name, raw in attributes.items():
+            if not hasattr(made, name):
+                raise ValueError(f"SessionOptions has no attribute {name!r}")
+            setattr(made, name, value(raw))
         return made
 
     ort.SessionOptions = options
-    _ort_spinning_disabled = True

@@ -31,29 +31,40 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process and its live descendants, all threads.
-
-    A peer such as TorchServe serves from a Java frontend plus Python worker processes: its CPU is the tree's.
-    """
-    parents: dict[int, int] = {}
-    ticks: dict[int, int] = {}
+def processes() -> dict[int, tuple[int, int, int]]:
+    """pid -> (parent pid, start time in ticks, user + system CPU ticks) of every live process."""
+    found: dict[int, tuple[int, int, int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:  # the process ended while we read
             continue
-        child = int(stat.parent.name)
-        parents[child] = int(fields[1])
-        ticks[child] = int(fields[11]) + int(fields[12])
-    tree, frontier = {pid}, [pid]
+        found[int(stat.parent.name)] = (int(fields[1]), int(fields[19]), int(fields[11]) + int(fields[12]))
+    return found
+
+
+def descendants(pid: int, table: dict[int, tuple[int, int, int]] | None = None) -> dict[int, int]:
+    """pid -> start time of every live descendant of ``pid`` (the start time tells a reused pid apart)."""
+    table = processes() if table is None else table
+    tree: dict[int, int] = {}
+    frontier = [pid]
     while frontier:
         parent = frontier.pop()
-        for child, ppid in parents.items():
+        for child, (ppid, started, _) in table.items():
             if ppid == parent and child not in tree:
-                tree.add(child)
+                tree[child] = started
                 frontier.append(child)
-    return sum(ticks.get(p, 0) for p in tree) / os.sysconf("SC_CLK_TCK")
+    return tree
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and its live descendants, all threads.
+
+    A peer such as TorchServe serves from a Java frontend plus Python worker processes: its CPU is the tree's.
+    """
+    table = processes()
+    tree = {pid, *descendants(pid, table)}
+    return sum(table[p][2] for p in tree if p in table) / os.sysconf("SC_CLK_TCK")
 
 
 class Server:
@@ -91,16 +102,29 @@ class Server:
             time.sleep(0.5)
         raise RuntimeError(f"{self.name} not ready after {timeout:.0f} s; see {self.log_path}")
 
-    def stop(self, sig: signal.Signals = signal.SIGINT, timeout: float = 30.0) -> None:
-        """Ask the server to stop with ``sig``; SIGKILL if it is still there after ``timeout`` s."""
+    def send_stop(self, sig: signal.Signals) -> None:
+        """How ``stop`` asks the server to stop: ``sig`` to the process it started."""
+        self.proc.send_signal(sig)
+
+    def stop(self, sig: signal.Signals = signal.SIGINT, timeout: float = 30.0) -> list[int]:
+        """Ask the server to stop with ``sig``; SIGKILL it after ``timeout`` s, and any process it started
+        that outlived it (a peer's backend or worker). Returns the pids that had to be killed."""
+        tree = descendants(self.proc.pid)
         if self.proc.poll() is None:
-            self.proc.send_signal(sig)
+            self.send_stop(sig)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
         self._log.close()
+        table = processes()
+        left = [pid for pid, started in tree.items() if table.get(pid, (0, -1, 0))[1] == started]
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
+        if left:
+            log(f"{self.name}: killed {len(left)} process(es) it left behind: {left}")
+        return left
 
 
 def load(

@@ -1,8 +1,11 @@
-"""Export a randomly initialised ResNet-50 through ``training/export.py`` for the benchmarks.
+"""The benchmark models: a random-weight ResNet-50 exported by ``training/export.py``, and its INT8 twin.
 
 Writes ``bench/.work/models/resnet50-random.onnx`` (the served contract: uint8 [N, H, W, 3] RGB in,
-``logits`` out, metadata attached, parity with PyTorch checked) and ``bench/.work/resnet50-random.pt``
-(the same network's state dict, which the PyTorch eager baseline loads). Random weights: speed only.
+``logits`` out, metadata attached, parity with PyTorch checked), ``bench/.work/resnet50-random.pt``
+(the same network's state dict, which the PyTorch eager baseline loads) and
+``bench/.work/models/resnet50-random-int8.onnx``: the same model through ``training/quantize.py``'s
+quantizer, calibrated on the benchmark photos' centre crops. Random weights: speed only, so the INT8
+model's accuracy is not measured here (``training/quantize.py`` does that for real models).
 """
 
 from __future__ import annotations
@@ -13,7 +16,17 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from common import CROP_SIZE, MEAN, MODEL_PATH, RESIZE_SIZE, STATE_PATH, STD
+from common import (
+    CROP_SIZE,
+    INT8_MODEL_PATH,
+    MEAN,
+    MODEL_PATH,
+    RESIZE_SIZE,
+    STATE_PATH,
+    STD,
+    load_images,
+    prepare_images,
+)
 
 if TYPE_CHECKING:  # torch is imported only when a network is built
     from training.models import ResNet
@@ -53,12 +66,48 @@ def make_model(force: bool = False) -> Path:
     return export_model(PixelInput(network, MEAN, STD), card, MODEL_PATH)
 
 
+def make_int8_model(force: bool = False) -> Path:
+    """Quantize the FP32 benchmark model as ``training/quantize.py`` does, calibrated on the photos."""
+    if INT8_MODEL_PATH.is_file() and not force:
+        return INT8_MODEL_PATH
+    import tempfile
+    from dataclasses import replace
+
+    import numpy as np
+
+    from service.atomic_file import atomic_write_bytes
+    from service.model_contract import read_model_metadata, write_metadata
+    from service.preprocess import preprocess
+    from training.quantize import parent_card, quantized_graph
+
+    prepare_images()
+    meta = read_model_metadata(make_model())
+    photos = load_images()
+    rows = np.concatenate(
+        [
+            preprocess(data, resize_size=RESIZE_SIZE, crop_size=CROP_SIZE, crops=1, max_pixels=64_000_000)
+            for _, data in photos
+        ]
+    )
+    with tempfile.TemporaryDirectory(prefix="bench-int8-") as scratch:
+        graph = quantized_graph(MODEL_PATH, meta, rows, Path(scratch))
+    calibration = {"source": "the benchmark photos", "images": len(photos), "method": "MinMax"}
+    card = replace(
+        parent_card(meta),
+        precision="int8",
+        quantization={"parent": MODEL_PATH.name, "calibration": calibration, "accuracy": "random weights"},
+    ).stamped()
+    write_metadata(graph, card)
+    return atomic_write_bytes(INT8_MODEL_PATH, graph.SerializeToString())
+
+
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--force", action="store_true", help="export again even if the files exist")
     args = parser.parse_args()
     print(make_model(args.force))
+    print(make_int8_model(args.force))
     return 0
 
 

@@ -21,9 +21,9 @@ from common import (
     MODEL_PATH,
     RESIZE_SIZE,
     cpu_totals,
-    disable_ort_spinning,
     load_images,
     median,
+    override_session_options,
     steal_pct,
     write_json,
 )
@@ -43,10 +43,17 @@ def real_rows(count: int) -> np.ndarray:
     return np.ascontiguousarray(np.tile(stacked, (reps, 1, 1, 1))[:count])
 
 
-def measure(batch_sizes: list[int], seconds: float, min_runs: int, threads: int = 0, passes: int = 3) -> dict:
+def measure(
+    batch_sizes: list[int],
+    seconds: float,
+    min_runs: int,
+    threads: int = 0,
+    passes: int = 3,
+    model: Path = MODEL_PATH,
+) -> dict:
     from service.runtime import create_session
 
-    session = create_session(MODEL_PATH, ["cpu"], None, crop_size=CROP_SIZE, intra_op_threads=threads)
+    session = create_session(model, ["cpu"], None, crop_size=CROP_SIZE, intra_op_threads=threads)
     rows = real_rows(max(batch_sizes))
     times: dict[int, list[float]] = {batch: [] for batch in batch_sizes}
     steal = {batch: [0, 0] for batch in batch_sizes}
@@ -88,6 +95,7 @@ def measure(batch_sizes: list[int], seconds: float, min_runs: int, threads: int 
     best = max(results, key=lambda r: r["crops_per_s"])
     ten = next((r for r in results if r["batch"] == 10), None)
     return {
+        "model": model.name,
         "providers": session.get_providers(),
         "intra_op_threads": threads,
         "by_batch": results,
@@ -103,13 +111,30 @@ def main() -> int:
     parser.add_argument("--min-runs", type=int, default=3)
     parser.add_argument("--passes", type=int, default=3, help="rounds the batch sizes take turns in")
     parser.add_argument("--threads", type=int, default=0, help="intra-op threads (0: ORT's default)")
-    parser.add_argument("--no-spin", action="store_true", help="sessions without spin-waiting (experiment)")
+    parser.add_argument("--model", type=Path, default=MODEL_PATH, help="ONNX model (default: %(default)s)")
+    parser.add_argument(
+        "--entry",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a session config entry (experiment)",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="ATTR=VALUE",
+        help="a SessionOptions attribute (experiment)",
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     sizes = [int(s) for s in args.batch_sizes.split(",")]
-    if args.no_spin:
-        disable_ort_spinning()
-    result = measure(sizes, args.seconds, args.min_runs, args.threads, args.passes)
+    if args.entry or args.set:
+        override_session_options(
+            dict(e.split("=", 1) for e in args.entry), dict(a.split("=", 1) for a in args.set)
+        )
+    result = measure(sizes, args.seconds, args.min_runs, args.threads, args.passes, args.model)
+    result["session_overrides"] = {"entries": args.entry, "attributes": args.set}
     if args.out:
         write_json(args.out, result)
     print(json.dumps(result["best"]))

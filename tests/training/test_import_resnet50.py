@@ -18,15 +18,16 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from imagenet_samples import REPO, foolbox_imagenet, foolbox_wheel, skimage_photo
 from PIL import Image
 
 from service.model_contract import read_model_metadata
 from service.preprocess import make_crops, preprocess, softmax
 from training import import_resnet50 as importer
 from training.digest import sha256_file
+from training.imagenet_samples import foolbox_imagenet, foolbox_wheel
 from training.models import Bottleneck, build_model
 
+REPO = Path(__file__).resolve().parents[2]
 SMALL_BLOCKS = (2, 1, 1, 1)
 SMALL_WIDTHS = (4, 8, 8, 16)
 SMALL_CLASSES = 7
@@ -467,6 +468,13 @@ def real_session(real_model: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(real_model), providers=["CPUExecutionProvider"])
 
 
+def skimage_photo(name: str) -> np.ndarray:
+    """``skimage.data.<name>()`` as uint8 RGB (``chelsea`` is a cat, ``coffee`` a cup of espresso)."""
+    from skimage import data
+
+    return np.asarray(getattr(data, name)(), dtype=np.uint8)
+
+
 def classify(session: ort.InferenceSession, rows: np.ndarray) -> np.ndarray:
     """Mean softmax over the crops, as the service answers."""
     return softmax(session.run(["logits"], {"image": rows})[0]).mean(axis=0)
@@ -518,7 +526,7 @@ def test_known_answers_of_the_imported_resnet50(real_model: Path, real_session: 
 @pytest.mark.weights
 @pytest.mark.slow
 def test_foolbox_imagenet_samples_one_crop(real_model: Path, real_session: ort.InferenceSession) -> None:
-    wheel = foolbox_wheel()
+    wheel = foolbox_wheel(REPO / "cache")
     if wheel is None:
         pytest.skip("pip could not download foolbox==3.3.4 (its 20 labelled ImageNet images)")
     meta = read_model_metadata(real_model)

@@ -1,9 +1,9 @@
-"""Small labelled ImageNet inputs for checking the imported ResNet-50: foolbox's 20 images, skimage photos.
+"""Twenty labelled ImageNet photos for checking an ImageNet model: foolbox's validation samples.
 
 ``foolbox==3.3.4`` (MIT) ships 20 ImageNet validation JPEGs as ``foolbox/data/imagenet_NN_LABEL.jpg``; the
 wheel is fetched once with ``pip download`` into the cache and read as a zip, nothing is installed.
-Run ``python tests/training/imagenet_samples.py DIR`` to lay them out as ``DIR/<label index>/<file>.jpg``,
-the layout ``training/evaluate.py`` reads.
+Run ``python -m training.imagenet_samples DIR`` to lay them out as ``DIR/<label index>/<file>.jpg``, the
+layout ``training/evaluate.py`` and ``training/quantize.py --evaluation`` read.
 """
 
 from __future__ import annotations
@@ -15,10 +15,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-REPO = Path(__file__).resolve().parents[2]
-CACHE = REPO / "cache"
+CACHE = Path("cache")
 FOOLBOX = "foolbox==3.3.4"
 FOOLBOX_WHEEL = "foolbox-3.3.4-py3-none-any.whl"
 IMAGE_NAME = re.compile(r"^foolbox/data/imagenet_(\d+)_(\d+)\.jpg$")
@@ -59,13 +56,6 @@ def write_by_index(samples: list[Sample], root: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / sample.name).write_bytes(sample.data)
     return root
-
-
-def skimage_photo(name: str) -> np.ndarray:
-    """``skimage.data.<name>()`` as uint8 RGB (``chelsea`` is a cat, ``coffee`` a cup of espresso)."""
-    from skimage import data
-
-    return np.asarray(getattr(data, name)(), dtype=np.uint8)
 
 
 if __name__ == "__main__":
