@@ -39,6 +39,7 @@ from common import (
     MODELS_DIR,
     REPO,
     RESULTS_DIR,
+    SIZES,
     cpu_totals,
     describe_images,
     machine,
@@ -81,10 +82,8 @@ PEER_CONCURRENCIES = (1, 8, 32)
 # covers the ramp and a full round of answers.
 FULL_DURATIONS = {1: (8.0, 40.0), 8: (15.0, 45.0), 32: (40.0, 50.0)}
 QUICK_DURATIONS = {1: (3.0, 8.0), 8: (8.0, 12.0), 32: (12.0, 12.0)}
-QUICK_CONCURRENCIES: tuple[int, ...] = (
-    1,
-    8,
-)  # --quick: the first config of each server, at these client counts
+# --quick: every service config, the naive server's first, the peers' short tuning, at these client counts
+QUICK_CONCURRENCIES: tuple[int, ...] = (1, 8)
 
 
 def contention() -> dict[str, Any]:
@@ -103,7 +102,7 @@ def run_step(args: list[str], out: Path) -> dict:
 
 def bench_service(quick: bool, configs: list[ServiceConfig], stamp: str) -> dict:
     results: dict[str, Any] = {}
-    for config in configs[:1] if quick else configs:
+    for config in configs:
         port = free_port()
         settings = {
             "SERVE_MODELS_DIR": str(MODELS_DIR),
@@ -123,6 +122,7 @@ def bench_service(quick: bool, configs: list[ServiceConfig], stamp: str) -> dict
             settings,
             port,
             RESULTS_DIR / f"{stamp}service-{config.name}.log",
+            ready_path=f"/v2/models/{config.model}/ready",  # /readyz answers once any model is ready
         )
         try:
             ready_s = server.wait_ready()
@@ -306,7 +306,7 @@ def load_rows(results: dict, best: float) -> list[str]:
         label = (
             f"10-crop, preprocessing {s['preprocessing'].split(' (')[0]}, "
             f"max batch {s.get('max_batch_size')} ({s['batch_unit']}), "
-            f"queue delay {s.get('max_queue_delay_microseconds')} us"
+            f"queue delay {s.get('max_queue_delay_us')} us"
         )
         model = Path(s["model_file"]).stem
         for c, r in entry["by_concurrency"].items():
@@ -405,7 +405,8 @@ def table(results: dict) -> str:
         "naive torchvision |",
         "|---|---|---|---|---|---|",
     ]
-    for label, p in pre.items():
+    for label in SIZES:
+        p = pre[label]
         naive = p.get("naive_torchvision", {}).get("median_ms")
         lines.append(
             f"| {label} | {p['jpeg_bytes']} | {p['service']['median_ms']:.2f} | "
@@ -450,7 +451,15 @@ def main() -> int:
     parser.add_argument("--skip-naive", action="store_true")
     parser.add_argument("--skip-peers", action="store_true", help="no TorchServe, no Triton")
     parser.add_argument("--out", type=Path, help="results JSON (default bench/results.json; quick: .work)")
+    parser.add_argument(
+        "--render", type=Path, metavar="JSON", help="print the tables of a results file; no run"
+    )
     args = parser.parse_args()
+    if args.render:
+        rendered = json.loads(args.render.read_text())
+        rendered["derived"] = derive(rendered)
+        print(table(rendered))
+        return 0
     stamp = "quick-" if args.quick else ""
     out = args.out or (RESULTS_DIR / "quick.json" if args.quick else RESULTS_JSON)
     started = time.perf_counter()
@@ -487,7 +496,7 @@ def main() -> int:
             {v: QUICK_CONCURRENCIES for v in TRITON_CONCURRENCIES} if args.quick else TRITON_CONCURRENCIES
         )
         models = {"fp32": MODEL_PATH, "int8": INT8_MODEL_PATH}
-        results["triton"] = bench_triton(args.quick, stamp, durations, triton_c, models)
+        results["triton"] = bench_triton(False, stamp, durations, triton_c, models)  # both models, even quick
     results["contention_after"] = contention()
     results["wall_s"] = round(time.perf_counter() - started, 1)
     out.parent.mkdir(parents=True, exist_ok=True)
