@@ -187,7 +187,10 @@ def override_session_options(entries: dict[str, str], attributes: dict[str, str]
     original = ort.SessionOptions
 
     def value(raw: str) -> Any:
-        return getattr(ort, raw) if hasattr(ort, raw) else int(raw)
+        for enum in (ort.GraphOptimizationLevel, ort.ExecutionMode):
+            if hasattr(enum, raw):
+                return getattr(enum, raw)
+        return int(raw)
 
     def options() -> Any:
         made = original()

@@ -120,7 +120,7 @@ def calibration_rows(meta: ModelMetadata, data: Path, count: int) -> tuple[np.nd
     return np.concatenate(rows), source
 
 
-class _Batches(CalibrationDataReader):
+class CalibrationBatches(CalibrationDataReader):
     """Feeds the calibration rows to ONNX Runtime's calibrator a few at a time."""
 
     def __init__(self, input_name: str, rows: np.ndarray) -> None:
@@ -139,7 +139,7 @@ def quantized_graph(fp32: Path, meta: ModelMetadata, rows: np.ndarray, scratch: 
     quantize_static(
         str(prepared),
         str(quantized),
-        _Batches(meta.input_name, rows),
+        CalibrationBatches(meta.input_name, rows),
         quant_format=QuantFormat.QDQ,
         per_channel=True,
         reduce_range=True,
