@@ -3,7 +3,8 @@
 A batch closes when it holds ``max_batch_size`` rows or when its oldest request has waited
 ``max_queue_delay_s``; meanwhile the previous batch runs, so under load batches fill up by
 themselves. A request that arrives while the model is idle is not held back at all: it runs at once
-with whatever is already queued, so a lone client pays no queue delay. The queue is bounded: a full queue raises :class:`Overloaded` (HTTP 503) at once.
+with whatever is already queued, so a lone client pays no queue delay. The queue is bounded: a full
+queue raises :class:`Overloaded` (HTTP 503) at once.
 
 Admission knows the deadline: :meth:`DynamicBatcher.reserve` estimates how long rows would wait from
 the rows ahead of them and the recently measured session time per row, and refuses at once (503
