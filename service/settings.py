@@ -65,8 +65,8 @@ class Settings(BaseSettings):
     max_queue_delay_ms: float = Field(
         default=5.0,
         ge=0,
-        description="a batch closes when it is full or when its oldest image has waited this long in the "
-        "queue, in ms",
+        description="while a batch runs, the next closes when it is full or when its oldest image has "
+        "waited this long in the queue, in ms (a request that finds the model idle runs at once)",
     )
     max_queue_size: int = Field(
         default=256,
