@@ -124,3 +124,25 @@ def test_export_int8_calibrates_on_the_runs_training_data(tiny_data: Path, tmp_p
     assert meta.quantization is not None
     assert Path(meta.quantization["calibration"]["source"]) == tiny_data / "train"
     assert json.loads(json.dumps(meta.quantization))["evaluated_on"]["images"] == 12
+
+
+def test_train_export_int8_publishes_both_precisions(tiny_data: Path, tmp_path: Path) -> None:
+    from training import train
+
+    models = tmp_path / "models"
+    args = ["--data", str(tiny_data), "--batch-size", "12", "--device", "cpu", "--no-progress",
+            "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "run"), "--iterations", "4",
+            "--export", "--models-dir", str(models), "--int8", "--calibration-images", "6",
+            "--max-error-increase", "1"]  # fmt: skip
+    assert train.main(args) == 0
+    (fp32,) = [p for p in models.glob("*.onnx") if not p.stem.endswith("-int8")]
+    meta = read_model_metadata(fp32.with_name(f"{fp32.stem}-int8.onnx"))
+    assert meta.precision == "int8" and meta.quantization is not None
+    assert Path(meta.quantization["calibration"]["source"]) == tiny_data / "train"
+
+
+def test_int8_without_export_is_refused(tiny_data: Path) -> None:
+    from training import train
+
+    with pytest.raises(SystemExit):
+        train.main(["--data", str(tiny_data), "--int8"])
