@@ -1,0 +1,85 @@
+"""The service at another git revision against this checkout, side by side in one run (an A/B of a change).
+
+``python bench/ab_service.py --rev e82d50a`` checks the revision out into ``bench/.work/ab/<rev>`` (a git
+worktree) and serves the FP32 benchmark model from each tree in turn, with the settings of ``run.py``'s
+headline configuration, under the same closed-loop load at each ``--concurrency``; ``--rounds`` alternates
+the two (A, B, A, B, ...) so drift of the machine lands on both. Prints images/s and p50 per server and
+round; ``--out`` writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from common import MODEL_NAME, MODELS_DIR, REPO, RESULTS_DIR, WORK, write_json
+from harness import PY, Server, free_port, load, log
+from make_model import make_model
+
+DURATIONS = {1: (5.0, 25.0), 8: (10.0, 30.0), 32: (30.0, 40.0)}
+
+
+def worktree(rev: str) -> Path:
+    target = WORK / "ab" / rev
+    if not target.is_dir():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["git", "worktree", "add", "--detach", str(target), rev], cwd=REPO, check=True)
+    return target
+
+
+def measure(name: str, tree: Path, concurrencies: list[int], tag: str) -> dict[str, Any]:
+    """Serve from ``tree`` (``python -m service`` imports the tree's own ``service`` package)."""
+    port = free_port()
+    settings = {
+        "SERVE_MODELS_DIR": str(MODELS_DIR),
+        "SERVE_PORT": str(port),
+        "SERVE_HOST": "127.0.0.1",
+        "SERVE_PROVIDERS": "cpu",
+        "SERVE_WATCH": "false",
+        "SERVE_REQUEST_TIMEOUT_S": "600",
+        "SERVE_MAX_QUEUE_SIZE": "256",
+        "SERVE_LOG_LEVEL": "warning",
+        "PYTHONPATH": str(tree),  # ahead of the project's editable install
+    }
+    server = Server(
+        name, [PY, "-m", "service"], settings, port, RESULTS_DIR / f"ab-{tag}.log", cwd=tree,
+        ready_path=f"/v2/models/{MODEL_NAME}/ready",
+    )  # fmt: skip
+    try:
+        server.wait_ready()
+        return {
+            str(c): load(server, c, DURATIONS, RESULTS_DIR / f"ab-{tag}-c{c}.json", MODEL_NAME)
+            for c in concurrencies
+        }
+    finally:
+        server.stop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rev", required=True, help="the git revision to compare this checkout with")
+    parser.add_argument("--concurrency", default="1,8", help="comma-separated client counts")
+    parser.add_argument("--rounds", type=int, default=2, help="A/B alternations")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    make_model()
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    trees = {args.rev: worktree(args.rev), "this checkout": REPO}
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name in trees}
+    for round_ in range(args.rounds):
+        for index, (name, tree) in enumerate(trees.items()):
+            phases = measure(f"service[{name}]", tree, concurrencies, f"r{round_}-{index}")
+            results[name].append(phases)
+            for c, r in phases.items():
+                rate, p50 = r["images_per_s"], r["latency_ms"]["p50"]
+                log(f"round {round_} {name} c={c}: {rate:.3f} images/s, p50 {p50} ms")
+    if args.out:
+        write_json(args.out, {"rev": args.rev, "durations": DURATIONS, "results": results})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
