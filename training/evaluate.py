@@ -56,10 +56,10 @@ class Dataset:
     targets: np.ndarray
 
 
-def split_root(data: Path) -> Path:
-    """``DATA/test`` or ``DATA/val`` when present, else ``DATA`` itself."""
+def split_root(data: Path, split: str = "test") -> Path:
+    """``DATA/<split>`` when present (the test split may be ``val``), else ``DATA`` itself."""
     try:
-        return split_dir(data, "test")
+        return split_dir(data, split)
     except DataError:
         if not data.is_dir():
             raise DataError(f"{data} is not a directory") from None

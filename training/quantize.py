@@ -65,6 +65,7 @@ DEFAULT_CALIBRATION_IMAGES = 128
 DEFAULT_MAX_ERROR_INCREASE = 0.01  # one point of top-1 error, 1 or 10 crops
 DEFAULT_AGREEMENT_IMAGES = 1000
 CALIBRATION_BATCH = 16
+EVAL_BATCH = 64  # most crops in one session run while measuring
 
 
 class QuantizationError(Exception):
@@ -86,12 +87,7 @@ def calibration_split(data: Path) -> Path:
     """
     if data.name in ("test", "val"):
         raise DataError(f"{data} is a test split: calibration images come from the training data")
-    try:
-        return split_dir(data, "train")
-    except DataError:
-        if not data.is_dir():
-            raise DataError(f"calibration data {data} is not a directory") from None
-        return data
+    return split_root(data, "train")
 
 
 def calibration_rows(meta: ModelMetadata, data: Path, count: int) -> tuple[np.ndarray, dict[str, Any]]:
@@ -161,21 +157,29 @@ class Measured:
     top1: dict[int, np.ndarray]
 
 
-def top1_classes(model: Path, paths: list[Path], crops: int) -> np.ndarray:
-    """The class ``model`` answers for each file, as the service answers it with ``crops`` crops."""
-    meta = read_model_metadata(model)
-    session = open_session(model, meta, ["cpu"], batch_size=64, crops=crops)
-    found: Predictions = predict(session, meta, paths, crops, batch_size=64, threads=2)
-    if len(found.kept) != len(paths):
-        raise DataError(f"{len(found.skipped)} images did not decode: {'; '.join(found.skipped[:3])}")
-    classes: np.ndarray = found.probabilities.argmax(axis=1)
-    return classes
+@dataclass(frozen=True)
+class Served:
+    """One model's session, opened once for every measurement, answering as the service answers."""
 
+    meta: ModelMetadata
+    session: Any
 
-def measure(model: Path, dataset: Dataset) -> Measured:
-    """Top-1 error of ``model`` on ``dataset`` as the service serves it, 1 and 10 crops."""
-    top1 = {crops: top1_classes(model, dataset.paths, crops) for crops in CROP_COUNTS}
-    return Measured({c: float(np.mean(top1[c] != dataset.targets)) for c in CROP_COUNTS}, top1)
+    @classmethod
+    def open(cls, model: Path, meta: ModelMetadata) -> Served:
+        return cls(meta, open_session(model, meta, ["cpu"], batch_size=EVAL_BATCH, crops=max(CROP_COUNTS)))
+
+    def top1(self, paths: list[Path], crops: int) -> np.ndarray:
+        """The class the model answers for each file with ``crops`` crops."""
+        found: Predictions = predict(self.session, self.meta, paths, crops, batch_size=EVAL_BATCH, threads=2)
+        if len(found.kept) != len(paths):
+            raise DataError(f"{len(found.skipped)} images did not decode: {'; '.join(found.skipped[:3])}")
+        classes: np.ndarray = found.probabilities.argmax(axis=1)
+        return classes
+
+    def measure(self, dataset: Dataset) -> Measured:
+        """Top-1 error on ``dataset``, 1 and 10 crops."""
+        top1 = {crops: self.top1(dataset.paths, crops) for crops in CROP_COUNTS}
+        return Measured({c: float(np.mean(top1[c] != dataset.targets)) for c in CROP_COUNTS}, top1)
 
 
 def photos(directory: Path, count: int) -> list[Path]:
@@ -234,10 +238,11 @@ def quantize_model(
         write_metadata(graph, draft)
         candidate = Path(scratch) / target.name
         onnx.save(graph, str(candidate))
-        metadata_from_model(graph)  # the contract holds before anything is measured
+        # The contract holds before anything is measured.
+        parent_model, int8_model = Served.open(fp32, meta), Served.open(candidate, metadata_from_model(graph))
         log.info("evaluating the FP32 parent and the INT8 model on %s, 1 and 10 crops", evaluation)
         dataset = load_dataset(evaluation, meta.labels, limit)
-        parent, int8 = measure(fp32, dataset), measure(candidate, dataset)
+        parent, int8 = parent_model.measure(dataset), int8_model.measure(dataset)
         increase = {c: int8.errors[c] - parent.errors[c] for c in CROP_COUNTS}
         summary = ", ".join(
             f"{c}-crop {100 * int8.errors[c]:.2f}% vs {100 * parent.errors[c]:.2f}%" for c in CROP_COUNTS
@@ -253,7 +258,7 @@ def quantize_model(
         if agreement is not None:
             chosen = photos(agreement, agreement_images)
             log.info("top-1 agreement of the two models on %d photos of %s", len(chosen), agreement)
-            same = top1_classes(candidate, chosen, 10) == top1_classes(fp32, chosen, 10)
+            same = int8_model.top1(chosen, 10) == parent_model.top1(chosen, 10)
             agreed = {"data": str(agreement), "images": len(chosen)}
         measured = {
             "int8_error_1crop": int8.errors[1],
