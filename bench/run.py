@@ -176,9 +176,12 @@ def rate(by_concurrency: dict, c: str) -> float | None:
 
 
 def peers(results: dict) -> dict[str, dict[str, dict]]:
-    """Precision -> peer name -> its 10-crop phases by concurrency (TorchServe serves FP32 only)."""
-    found: dict[str, dict[str, dict]] = {"fp32": {}, "int8": {}}
+    """Service configuration -> peer name -> the peer's matching phases by concurrency: 10-crop FP32 and
+    INT8 (TorchServe serves FP32 only), and 1-crop against TorchServe's stock handler."""
+    found: dict[str, dict[str, dict]] = {"fp32": {}, "int8": {}, "1-crop": {}}
     torchserve = results.get("torchserve", {}).get("configs", {})
+    if "stock_1crop" in torchserve:
+        found["1-crop"]["TorchServe (stock image_classifier)"] = torchserve["stock_1crop"]["by_concurrency"]
     if "ten_crop" in torchserve:
         found["fp32"]["TorchServe"] = found["int8"]["TorchServe (FP32)"] = torchserve["ten_crop"][
             "by_concurrency"
@@ -203,21 +206,12 @@ def derive(results: dict) -> dict:
     fp32, int8 = service["default"], service.get("int8", {})
     found = peers(results)
     ratios: dict[str, dict[str, dict[str, float]]] = {}
-    for precision, ours in (("fp32", fp32), ("int8", int8)):
+    for precision, ours in (("fp32", fp32), ("int8", int8), ("1-crop", service.get("1-crop", {}))):
         for peer, theirs in found[precision].items():
             for c in ours:
                 mine, other = rate(ours, c), rate(theirs, c)
                 if mine is not None and other is not None:
                     ratios.setdefault(precision, {}).setdefault(peer, {})[c] = ratio(mine, other)
-    stock = results.get("torchserve", {}).get("configs", {}).get("stock_1crop")
-    if stock and "1-crop" in service:
-        ratios["1-crop"] = {
-            "TorchServe (stock image_classifier)": {
-                c: ratio(service["1-crop"][c]["images_per_s"], r["images_per_s"])
-                for c, r in stock["by_concurrency"].items()
-                if c in service["1-crop"]
-            }
-        }
     best_fp32 = max(r["images_per_s"] for r in fp32.values())
     best_int8 = max((r["images_per_s"] for r in int8.values()), default=None)
     naive_best = max((r["images_per_s"] for r in found["fp32"].get("naive", {}).values()), default=None)
