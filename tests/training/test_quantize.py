@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import onnx
@@ -10,7 +9,7 @@ import pytest
 from contract_models import colour_model, publish, write_colour_photos
 
 from service.model_contract import read_model_metadata
-from training import export, quantize
+from training import export, quantize, train
 from training.data import DataError
 from training.digest import sha256_file
 from training.quantize import QuantizationError, quantize_model
@@ -107,33 +106,28 @@ def test_the_command_line_explains_a_missing_calibration(fp32: Path, colours: Pa
     assert meta.quantization is not None and meta.quantization["calibration"]["images"] == 6
 
 
-def test_export_int8_calibrates_on_the_runs_training_data(tiny_data: Path, tmp_path: Path) -> None:
-    from training import train
-
-    run = tmp_path / "run"
-    args = ["--data", str(tiny_data), "--batch-size", "12", "--device", "cpu", "--no-progress",
-            "--cache-dir", str(tmp_path / "cache"), "--out", str(run), "--iterations", "8"]  # fmt: skip
-    assert train.main(args) == 0
+def test_export_int8_calibrates_on_the_runs_training_data(
+    train_args: list[str], tiny_data: Path, tmp_path: Path
+) -> None:
+    assert train.main([*train_args, "--iterations", "8"]) == 0
     models = tmp_path / "models"
     # A barely trained network: the error check gets a wide margin here; its refusal is tested above.
-    argv = [str(run / "last.pt"), "--models-dir", str(models), "--name", "tiny", "--int8",
+    argv = [str(tmp_path / "run" / "last.pt"), "--models-dir", str(models), "--name", "tiny", "--int8",
             "--calibration-images", "9", "--max-error-increase", "1"]  # fmt: skip
     assert export.main(argv) == 0
     meta = read_model_metadata(models / "tiny-int8.onnx")
     assert meta.precision == "int8" and meta.arch == read_model_metadata(models / "tiny.onnx").arch
     assert meta.quantization is not None
     assert Path(meta.quantization["calibration"]["source"]) == tiny_data / "train"
-    assert json.loads(json.dumps(meta.quantization))["evaluated_on"]["images"] == 12
+    assert meta.quantization["evaluated_on"]["images"] == 12
 
 
-def test_train_export_int8_publishes_both_precisions(tiny_data: Path, tmp_path: Path) -> None:
-    from training import train
-
+def test_train_export_int8_publishes_both_precisions(
+    train_args: list[str], tiny_data: Path, tmp_path: Path
+) -> None:
     models = tmp_path / "models"
-    args = ["--data", str(tiny_data), "--batch-size", "12", "--device", "cpu", "--no-progress",
-            "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "run"), "--iterations", "4",
-            "--export", "--models-dir", str(models), "--int8", "--calibration-images", "6",
-            "--max-error-increase", "1"]  # fmt: skip
+    args = [*train_args, "--iterations", "4", "--export", "--models-dir", str(models), "--int8",
+            "--calibration-images", "6", "--max-error-increase", "1"]  # fmt: skip
     assert train.main(args) == 0
     (fp32,) = [p for p in models.glob("*.onnx") if not p.stem.endswith("-int8")]
     meta = read_model_metadata(fp32.with_name(f"{fp32.stem}-int8.onnx"))
@@ -142,7 +136,5 @@ def test_train_export_int8_publishes_both_precisions(tiny_data: Path, tmp_path: 
 
 
 def test_int8_without_export_is_refused(tiny_data: Path) -> None:
-    from training import train
-
     with pytest.raises(SystemExit):
         train.main(["--data", str(tiny_data), "--int8"])
