@@ -22,12 +22,17 @@ import numpy as np
 from common import CROP_SIZE, MODEL_PATH, write_json
 from raw_ort import real_rows
 
-VARIANTS: dict[str, dict[str, Any]] = {
-    "QDQ, 7-bit per-channel weights (training/quantize.py)": {"reduce_range": True},
-    "QDQ, 8-bit per-channel weights": {"reduce_range": False},
-    "QOperator, 7-bit per-channel weights": {"reduce_range": True, "operator": True},
-    "QDQ, uint8 weights (U8U8)": {"reduce_range": False, "uint8_weights": True},
-}
+
+def variants() -> dict[str, dict[str, Any]]:
+    """Name -> the quantize_static options it changes from ``training/quantize.py``'s own."""
+    from onnxruntime.quantization import QuantFormat, QuantType
+
+    return {
+        "QDQ, 7-bit per-channel weights (training/quantize.py)": {},
+        "QDQ, 8-bit per-channel weights": {"reduce_range": False},
+        "QOperator, 7-bit per-channel weights": {"quant_format": QuantFormat.QOperator},
+        "QDQ, uint8 weights (U8U8)": {"reduce_range": False, "weight_type": QuantType.QUInt8},
+    }
 
 
 def crops_per_s(model: Path, rows: np.ndarray, runs: int) -> dict[str, float]:
@@ -47,40 +52,26 @@ def crops_per_s(model: Path, rows: np.ndarray, runs: int) -> dict[str, float]:
     return rates
 
 
-def quantize(source: Path, target: Path, calibration: np.ndarray, variant: dict[str, Any]) -> None:
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
-    from training.quantize import CalibrationBatches
-
-    quantize_static(
-        str(source),
-        str(target),
-        CalibrationBatches("image", calibration),
-        quant_format=QuantFormat.QOperator if variant.get("operator") else QuantFormat.QDQ,
-        per_channel=True,
-        reduce_range=variant["reduce_range"],
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QUInt8 if variant.get("uint8_weights") else QuantType.QInt8,
-        calibrate_method=CalibrationMethod.MinMax,
-    )
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=5, help="timed runs per batch size (median)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    import onnx
 
+    from service.model_contract import read_model_metadata
+    from training.quantize import quantized_graph
+
+    meta = read_model_metadata(MODEL_PATH)
     rows = real_rows(60)
     results: dict[str, dict[str, float]] = {"FP32 (before)": crops_per_s(MODEL_PATH, rows, args.runs)}
     print(f"FP32 (before): {results['FP32 (before)']}", flush=True)
     with tempfile.TemporaryDirectory(prefix="int8-formats-") as scratch:
-        prepared = Path(scratch) / "prepared.onnx"
-        quant_pre_process(str(MODEL_PATH), str(prepared))
-        for index, (name, variant) in enumerate(VARIANTS.items()):
+        for index, (name, overrides) in enumerate(variants().items()):
             target = Path(scratch) / f"variant{index}.onnx"
-            quantize(prepared, target, rows[::3][:20], variant)
+            onnx.save(
+                quantized_graph(MODEL_PATH, meta, rows[::3][:20], Path(scratch), **overrides), str(target)
+            )
             results[name] = crops_per_s(target, rows, args.runs)
             print(f"{name}: {results[name]}", flush=True)
     results["FP32 (after)"] = crops_per_s(MODEL_PATH, rows, args.runs)

@@ -128,20 +128,31 @@ class CalibrationBatches(CalibrationDataReader):
         return None if batch is None else {self.input_name: batch}
 
 
-def quantized_graph(fp32: Path, meta: ModelMetadata, rows: np.ndarray, scratch: Path) -> onnx.ModelProto:
-    """The QDQ INT8 graph of ``fp32``, calibrated on ``rows`` (scratch files go to ``scratch``)."""
+# The quantize_static options of every published INT8 model.
+QUANTIZATION: dict[str, Any] = {
+    "quant_format": QuantFormat.QDQ,
+    "per_channel": True,
+    "reduce_range": True,
+    "activation_type": QuantType.QUInt8,
+    "weight_type": QuantType.QInt8,
+    "calibrate_method": CalibrationMethod.MinMax,
+}
+
+
+def quantized_graph(
+    fp32: Path, meta: ModelMetadata, rows: np.ndarray, scratch: Path, **overrides: Any
+) -> onnx.ModelProto:
+    """The INT8 graph of ``fp32``, calibrated on ``rows`` (scratch files go to ``scratch``).
+
+    ``overrides``: quantize_static options other than :data:`QUANTIZATION` (``bench/int8_formats.py``).
+    """
     prepared, quantized = scratch / "prepared.onnx", scratch / "int8.onnx"
     quant_pre_process(str(fp32), str(prepared))
     quantize_static(
         str(prepared),
         str(quantized),
         CalibrationBatches(meta.input_name, rows),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        reduce_range=True,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        calibrate_method=CalibrationMethod.MinMax,
+        **{**QUANTIZATION, **overrides},
     )
     return onnx.load(str(quantized))
 
