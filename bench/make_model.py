@@ -78,7 +78,7 @@ def make_int8_model(force: bool = False) -> Path:
     from service.atomic_file import atomic_write_bytes
     from service.model_contract import read_model_metadata, write_metadata
     from service.preprocess import preprocess
-    from training.quantize import parent_card, quantized_graph
+    from training.quantize import QUANTIZATION, parent_card, quantized_graph
 
     prepare_images()
     meta = read_model_metadata(make_model())
@@ -91,7 +91,8 @@ def make_int8_model(force: bool = False) -> Path:
     )
     with tempfile.TemporaryDirectory(prefix="bench-int8-") as scratch:
         graph = quantized_graph(MODEL_PATH, meta, rows, Path(scratch))
-    calibration = {"source": "the benchmark photos", "images": len(photos), "method": "MinMax"}
+    method = QUANTIZATION["calibrate_method"].name
+    calibration = {"source": "the benchmark photos", "images": len(photos), "method": method}
     card = replace(
         parent_card(meta),
         precision="int8",

@@ -77,6 +77,17 @@ def int8_path(fp32: Path) -> Path:
     return fp32.with_name(f"{fp32.stem}-int8.onnx")
 
 
+# The quantize_static options of every published INT8 model.
+QUANTIZATION: dict[str, Any] = {
+    "quant_format": QuantFormat.QDQ,
+    "per_channel": True,
+    "reduce_range": True,
+    "activation_type": QuantType.QUInt8,
+    "weight_type": QuantType.QInt8,
+    "calibrate_method": CalibrationMethod.MinMax,
+}
+
+
 # ---------------------------------------------------------------- calibration
 
 
@@ -111,7 +122,7 @@ def calibration_rows(meta: ModelMetadata, data: Path, count: int) -> tuple[np.nd
         "images": len(rows),
         "classes": len({files.labels[i] for i in indices}),
         "preprocessing": "the service's centre crop (1-crop)",
-        "method": "MinMax",
+        "method": QUANTIZATION["calibrate_method"].name,
     }
     return np.concatenate(rows), source
 
@@ -126,17 +137,6 @@ class CalibrationBatches(CalibrationDataReader):
     def get_next(self) -> dict[str, np.ndarray] | None:
         batch = next(self._batches, None)
         return None if batch is None else {self.input_name: batch}
-
-
-# The quantize_static options of every published INT8 model.
-QUANTIZATION: dict[str, Any] = {
-    "quant_format": QuantFormat.QDQ,
-    "per_channel": True,
-    "reduce_range": True,
-    "activation_type": QuantType.QUInt8,
-    "weight_type": QuantType.QInt8,
-    "calibrate_method": CalibrationMethod.MinMax,
-}
 
 
 def quantized_graph(
