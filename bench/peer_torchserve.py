@@ -39,6 +39,7 @@ from typing import Any
 import httpx
 from common import BENCH, REPO, RESULTS_DIR, STATE_PATH, WORK, prepare_images, write_json
 from harness import Server, descendants, free_port, load, log, processes
+from venvs import ensure_venv, venv_versions
 
 VENV = WORK / "venv-torchserve"
 TS_WORK = WORK / "torchserve"
@@ -123,37 +124,9 @@ TUNE_DURATIONS = {TUNE_CONCURRENCY: (10.0, 20.0)}
 QUICK_TUNE_DURATIONS = {TUNE_CONCURRENCY: (4.0, 8.0)}
 
 
-def ensure_venv() -> Path:
-    """TorchServe's virtualenv (made once; again if ``PACKAGES`` changed); its python."""
-    python = VENV / "bin" / "python"
-    marker = VENV / "bench-packages.txt"
-    wanted = "\n".join(PACKAGES) + "\n"
-    if python.is_file() and marker.is_file() and marker.read_text() == wanted:
-        return python
-    if not python.is_file():
-        log(f"creating {VENV}")
-        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-    log(f"installing into {VENV}: {' '.join(PACKAGES)}")
-    subprocess.run([str(python), "-m", "pip", "install", "-q", *PACKAGES], check=True, timeout=3600)
-    marker.write_text(wanted)
-    return python
-
-
 def versions(python: Path) -> dict[str, str | None]:
     """Installed versions in TorchServe's venv (its own Python too) and the Java that runs the frontend."""
-    script = (
-        "import json, platform, sys\n"
-        "from importlib.metadata import PackageNotFoundError, version\n"
-        "found = {'python': platform.python_version()}\n"
-        "for name in sys.argv[1:]:\n"
-        "    try:\n"
-        "        found[name] = version(name)\n"
-        "    except PackageNotFoundError:\n"
-        "        found[name] = None\n"
-        "print(json.dumps(found))\n"
-    )
-    run = subprocess.run([str(python), "-c", script, *VERSIONED], capture_output=True, text=True, check=True)
-    found: dict[str, str | None] = json.loads(run.stdout)
+    found = venv_versions(python, VERSIONED)
     java = subprocess.run(["java", "-version"], capture_output=True, text=True)
     found["java"] = java.stderr.splitlines()[0] if java.stderr else None
     return found
@@ -295,7 +268,7 @@ def bench_torchserve(
     quick: bool, stamp: str, durations: dict[int, tuple[float, float]], concurrencies: tuple[int, ...]
 ) -> dict:
     """Each phase: tune on short loads at c=8, then measure the best setting at ``concurrencies``."""
-    python = ensure_venv()
+    python = ensure_venv(VENV, list(PACKAGES))
     if not STATE_PATH.is_file():
         from make_model import make_model
 

@@ -1,7 +1,7 @@
 """Triton Inference Server as a benchmark peer: the same .onnx file in ONNX Runtime, bound with PyTriton.
 
 PyTriton 0.7.0 ships a ``tritonserver`` binary that runs on a CPU; installed into the project's ``.venv`` it
-would downgrade numpy and protobuf there, so it lives in a virtualenv of its own (:func:`ensure_venv`,
+would downgrade numpy and protobuf there, so it lives in a virtualenv of its own (``venvs.ensure_venv``,
 ``bench/.work/venv-triton``). ``triton_server.py`` runs in it and binds two models per ONNX file, both
 behind Triton's dynamic batcher with the service's queue delay (5 ms) and batch limit (64 rows):
 
@@ -27,7 +27,6 @@ import argparse
 import asyncio
 import json
 import struct
-import subprocess
 import sys
 from importlib.metadata import version
 from pathlib import Path
@@ -38,6 +37,7 @@ import numpy as np
 from common import CROP_SIZE, MODEL_PATH, RESULTS_DIR, WORK, prepare_images, write_json
 from harness import Server, free_port, load, log
 from triton_server import softmax, ten_crops
+from venvs import ensure_venv, venv_versions
 
 VENV = WORK / "venv-triton"
 TRITON_WORK = WORK / "triton"  # PyTriton's workspaces (PYTRITON_HOME) and the session settings
@@ -54,41 +54,12 @@ VARIANTS = {
 }
 
 
+VERSIONED = ("nvidia-pytriton", "onnxruntime-gpu", "numpy", "pillow", "tritonclient")
+
+
 def requirements() -> list[str]:
     """PyTriton, and the onnxruntime-gpu build the service uses (not the plain onnxruntime package)."""
     return ["nvidia-pytriton==0.7.0", f"onnxruntime-gpu=={version('onnxruntime-gpu')}", "pillow", "numpy"]
-
-
-def ensure_venv() -> Path:
-    """The Triton virtualenv's python; made once, remade only when the requirements change."""
-    python = VENV / "bin" / "python"
-    marker = VENV / "requirements.txt"
-    wanted = "\n".join(requirements()) + "\n"
-    if python.is_file() and marker.is_file() and marker.read_text() == wanted:
-        return python
-    log(f"making {VENV}: {' '.join(requirements())}")
-    subprocess.run([sys.executable, "-m", "venv", "--clear", str(VENV)], check=True)
-    TRITON_WORK.mkdir(parents=True, exist_ok=True)
-    pip_log = TRITON_WORK / "pip.log"
-    with pip_log.open("w") as out:
-        done = subprocess.run(
-            [str(python), "-m", "pip", "install", *requirements()], stdout=out, stderr=subprocess.STDOUT
-        )
-    if done.returncode:
-        raise RuntimeError(f"pip install into {VENV} failed ({done.returncode}); see {pip_log}")
-    marker.write_text(wanted)
-    return python
-
-
-def venv_versions(python: Path) -> dict[str, str]:
-    """Package versions inside the Triton virtualenv (the server binary's comes from ``GET /v2``)."""
-    code = (
-        "import json, platform; from importlib.metadata import version; print(json.dumps({"
-        "'python': platform.python_version(), **{p: version(p) for p in "
-        "('nvidia-pytriton', 'onnxruntime-gpu', 'numpy', 'pillow', 'tritonclient')}}))"
-    )
-    found: dict[str, str] = json.loads(subprocess.check_output([str(python), "-c", code], text=True))
-    return found
 
 
 # ---------------------------------------------------------------- the client side (loadgen's senders)
@@ -229,8 +200,8 @@ def bench_triton(
 
     ``quick``: the first model only (a smoke run).
     """
-    python = ensure_venv()
-    versions = venv_versions(python)
+    python = ensure_venv(VENV, requirements())
+    versions = venv_versions(python, VERSIONED)
     results: dict[str, Any] = {"versions": versions, "configs": {}}
     TRITON_WORK.mkdir(parents=True, exist_ok=True)
     for precision, path in list(models.items())[: 1 if quick else None]:

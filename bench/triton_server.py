@@ -1,6 +1,6 @@
 """The Triton peer's server: one ONNX Runtime session bound to Triton Inference Server with PyTriton.
 
-Runs in its own virtualenv (``bench/.work/venv-triton``, made by ``peer_triton.ensure_venv``), started by
+Runs in its own virtualenv (``bench/.work/venv-triton``, made by ``venvs.ensure_venv``), started by
 ``peer_triton.bench_triton``; it is not imported by the project's code except for :func:`ten_crops`, the
 preprocessing both bound variants share, so that the client-side and the server-side variant cut the
 same pixels. Two models are bound, both batched by Triton's dynamic batcher:
