@@ -12,12 +12,14 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from common import MODEL_NAME, MODELS_DIR, REPO, RESULTS_DIR, WORK, write_json
-from harness import PY, Server, free_port, load, log
+from common import REPO, RESULTS_DIR, WORK, write_json
+from harness import load, log
 from make_model import make_model
+from run import SERVICE_CONFIGS, start_service
 
 DURATIONS = {1: (5.0, 25.0), 8: (10.0, 30.0), 32: (30.0, 40.0)}
 
@@ -31,27 +33,13 @@ def worktree(rev: str) -> Path:
 
 
 def measure(name: str, tree: Path, concurrencies: list[int], tag: str) -> dict[str, Any]:
-    """Serve from ``tree`` (``python -m service`` imports the tree's own ``service`` package)."""
-    port = free_port()
-    settings = {
-        "SERVE_MODELS_DIR": str(MODELS_DIR),
-        "SERVE_PORT": str(port),
-        "SERVE_HOST": "127.0.0.1",
-        "SERVE_PROVIDERS": "cpu",
-        "SERVE_WATCH": "false",
-        "SERVE_REQUEST_TIMEOUT_S": "600",
-        "SERVE_MAX_QUEUE_SIZE": "256",
-        "SERVE_LOG_LEVEL": "warning",
-        "PYTHONPATH": str(tree),  # ahead of the project's editable install
-    }
-    server = Server(
-        name, [PY, "-m", "service"], settings, port, RESULTS_DIR / f"ab-{tag}.log", cwd=tree,
-        ready_path=f"/v2/models/{MODEL_NAME}/ready",
-    )  # fmt: skip
+    """Serve from ``tree`` with the headline settings and load it at each concurrency."""
+    config = replace(SERVICE_CONFIGS[0], name=name)
+    server, _ = start_service(config, RESULTS_DIR / f"ab-{tag}.log", tree)
     try:
         server.wait_ready()
         return {
-            str(c): load(server, c, DURATIONS, RESULTS_DIR / f"ab-{tag}-c{c}.json", MODEL_NAME)
+            str(c): load(server, c, DURATIONS, RESULTS_DIR / f"ab-{tag}-c{c}.json", config.model)
             for c in concurrencies
         }
     finally:
@@ -71,7 +59,7 @@ def main() -> int:
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in trees}
     for round_ in range(args.rounds):
         for index, (name, tree) in enumerate(trees.items()):
-            phases = measure(f"service[{name}]", tree, concurrencies, f"r{round_}-{index}")
+            phases = measure(name, tree, concurrencies, f"r{round_}-{index}")
             results[name].append(phases)
             for c, r in phases.items():
                 rate, p50 = r["images_per_s"], r["latency_ms"]["p50"]

@@ -100,30 +100,39 @@ def run_step(args: list[str], out: Path) -> dict:
     return result
 
 
+def start_service(config: ServiceConfig, log_path: Path, tree: Path = REPO) -> tuple[Server, dict[str, str]]:
+    """``python -m service`` with ``config``'s settings, from ``tree`` (another checkout: its own
+    ``service`` package); the server and the ``SERVE_*`` settings it runs with."""
+    port = free_port()
+    settings = {
+        "SERVE_MODELS_DIR": str(MODELS_DIR),
+        "SERVE_HOST": "127.0.0.1",
+        "SERVE_PORT": str(port),
+        "SERVE_PROVIDERS": "cpu",
+        "SERVE_WATCH": "false",
+        "SERVE_MAX_BATCH_SIZE": str(config.max_batch_size),
+        "SERVE_MAX_QUEUE_DELAY_MS": str(config.max_queue_delay_ms),
+        "SERVE_REQUEST_TIMEOUT_S": "600",  # c=32 answers take ~15 s here; a 504 is no measurement
+        "SERVE_MAX_QUEUE_SIZE": "256",
+        "SERVE_LOG_LEVEL": "warning",
+    }
+    env = settings if tree == REPO else {**settings, "PYTHONPATH": str(tree)}  # ahead of the editable install
+    server = Server(
+        f"service[{config.name}]",
+        [PY, "-m", "service"],
+        env,
+        port,
+        log_path,
+        cwd=tree,
+        ready_path=f"/v2/models/{config.model}/ready",  # /readyz answers once any model is ready
+    )
+    return server, settings
+
+
 def bench_service(quick: bool, configs: list[ServiceConfig], stamp: str) -> dict:
     results: dict[str, Any] = {}
     for config in configs:
-        port = free_port()
-        settings = {
-            "SERVE_MODELS_DIR": str(MODELS_DIR),
-            "SERVE_HOST": "127.0.0.1",
-            "SERVE_PORT": str(port),
-            "SERVE_PROVIDERS": "cpu",
-            "SERVE_WATCH": "false",
-            "SERVE_MAX_BATCH_SIZE": str(config.max_batch_size),
-            "SERVE_MAX_QUEUE_DELAY_MS": str(config.max_queue_delay_ms),
-            "SERVE_REQUEST_TIMEOUT_S": "600",  # c=32 answers take ~15 s here; a 504 is no measurement
-            "SERVE_MAX_QUEUE_SIZE": "256",
-            "SERVE_LOG_LEVEL": "warning",
-        }
-        server = Server(
-            f"service[{config.name}]",
-            [PY, "-m", "service"],
-            settings,
-            port,
-            RESULTS_DIR / f"{stamp}service-{config.name}.log",
-            ready_path=f"/v2/models/{config.model}/ready",  # /readyz answers once any model is ready
-        )
+        server, settings = start_service(config, RESULTS_DIR / f"{stamp}service-{config.name}.log")
         try:
             ready_s = server.wait_ready()
             entry: dict[str, Any] = {
