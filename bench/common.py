@@ -93,15 +93,16 @@ def describe_images() -> dict[str, Any]:
     return {"photos": photos, "sized": sized}
 
 
-PACKAGES = {
-    "onnxruntime": "onnxruntime-gpu",
-    "torch": "torch",
-    "torchvision": "torchvision",
-    "numpy": "numpy",
-    "pillow": "pillow",
-    "fastapi": "fastapi",
-    "uvicorn": "uvicorn",
-    "httpx": "httpx",
+# Package names per component, the first one installed is reported (onnxruntime-gpu or onnxruntime).
+PACKAGES: dict[str, tuple[str, ...]] = {
+    "onnxruntime": ("onnxruntime-gpu", "onnxruntime"),
+    "torch": ("torch",),
+    "torchvision": ("torchvision",),
+    "numpy": ("numpy",),
+    "pillow": ("pillow",),
+    "fastapi": ("fastapi",),
+    "uvicorn": ("uvicorn",),
+    "httpx": ("httpx",),
 }
 
 
@@ -122,14 +123,18 @@ def machine() -> dict[str, Any]:
     from importlib.metadata import PackageNotFoundError, version
 
     versions: dict[str, str | None] = {}
-    for name, package in PACKAGES.items():
-        try:
-            versions[name] = version(package)
-        except PackageNotFoundError:
-            versions[name] = None
+    for name, packages in PACKAGES.items():
+        versions[name] = None
+        for package in packages:
+            try:
+                versions[name] = version(package)
+                break
+            except PackageNotFoundError:
+                continue
     return {
         "cpu": model,
-        "cores": os.cpu_count(),
+        "cores": len(os.sched_getaffinity(0)),  # the cores this process may run on (taskset, cpuset)
+        "vnni": "vnni" in Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else None,
         "memory_gib": round(mem_kb / 2**20, 1),
         "python": platform.python_version(),
         "kernel": platform.release(),

@@ -100,9 +100,12 @@ def run_step(args: list[str], out: Path) -> dict:
     return result
 
 
-def start_service(config: ServiceConfig, log_path: Path, tree: Path = REPO) -> tuple[Server, dict[str, str]]:
+def start_service(
+    config: ServiceConfig, log_path: Path, tree: Path = REPO, threads: int = 0
+) -> tuple[Server, dict[str, str]]:
     """``python -m service`` with ``config``'s settings, from ``tree`` (another checkout: its own
-    ``service`` package); the server and the ``SERVE_*`` settings it runs with."""
+    ``service`` package), ``threads`` ONNX Runtime threads per session (0: its default); the server and the
+    ``SERVE_*`` settings it runs with."""
     port = free_port()
     settings = {
         "SERVE_MODELS_DIR": str(MODELS_DIR),
@@ -115,6 +118,7 @@ def start_service(config: ServiceConfig, log_path: Path, tree: Path = REPO) -> t
         "SERVE_REQUEST_TIMEOUT_S": "600",  # c=32 answers take ~15 s here; a 504 is no measurement
         "SERVE_MAX_QUEUE_SIZE": "256",
         "SERVE_LOG_LEVEL": "warning",
+        "SERVE_INTRA_OP_THREADS": str(threads),
     }
     env = settings if tree == REPO else {**settings, "PYTHONPATH": str(tree)}  # ahead of the editable install
     server = Server(
@@ -129,10 +133,11 @@ def start_service(config: ServiceConfig, log_path: Path, tree: Path = REPO) -> t
     return server, settings
 
 
-def bench_service(quick: bool, configs: list[ServiceConfig], stamp: str) -> dict:
+def bench_service(quick: bool, configs: list[ServiceConfig], stamp: str, threads: int = 0) -> dict:
     results: dict[str, Any] = {}
     for config in configs:
-        server, settings = start_service(config, RESULTS_DIR / f"{stamp}service-{config.name}.log")
+        log_path = RESULTS_DIR / f"{stamp}service-{config.name}.log"
+        server, settings = start_service(config, log_path, threads=threads)
         try:
             ready_s = server.wait_ready()
             entry: dict[str, Any] = {
@@ -455,6 +460,18 @@ def main() -> int:
     parser.add_argument("--skip-peers", action="store_true", help="no TorchServe, no Triton")
     parser.add_argument("--out", type=Path, help="results JSON (default bench/results.json; quick: .work)")
     parser.add_argument(
+        "--configs",
+        default=",".join(c.name for c in SERVICE_CONFIGS),
+        help="service configurations to measure, comma-separated (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="ONNX Runtime threads per session for the raw and service phases (0: its default); set it to "
+        "the cores of a taskset slice, since ONNX Runtime's default counts the machine's cores",
+    )
+    parser.add_argument(
         "--render", type=Path, metavar="JSON", help="print the tables of a results file; no run"
     )
     args = parser.parse_args()
@@ -463,6 +480,11 @@ def main() -> int:
         rendered["derived"] = derive(rendered)
         print(table(rendered))
         return 0
+    wanted = args.configs.split(",")
+    configs = [c for c in SERVICE_CONFIGS if c.name in wanted]
+    if len(configs) != len(wanted):
+        known = [c.name for c in SERVICE_CONFIGS]
+        parser.error(f"--configs: unknown name in {args.configs!r}; known: {known}")
     stamp = "quick-" if args.quick else ""
     out = args.out or (RESULTS_DIR / "quick.json" if args.quick else RESULTS_JSON)
     started = time.perf_counter()
@@ -477,7 +499,7 @@ def main() -> int:
     results["images"] = describe_images()
     results["machine"] = machine()
 
-    raw_args = ["bench/raw_ort.py"] + (
+    raw_args = ["bench/raw_ort.py", "--threads", str(args.threads)] + (
         ["--seconds", "1", "--min-runs", "2", "--batch-sizes", "1,10,32"] if args.quick else []
     )
     results["raw_ort"] = run_step(raw_args, RESULTS_DIR / f"{stamp}raw_ort.json")
@@ -489,7 +511,7 @@ def main() -> int:
     results["preprocess"] = run_step(pre_args, RESULTS_DIR / f"{stamp}preprocess.json")
 
     results["headline_config"] = SERVICE_CONFIGS[0].name
-    results["service"] = bench_service(args.quick, SERVICE_CONFIGS, stamp)
+    results["service"] = bench_service(args.quick, configs, stamp, args.threads)
     results["naive"] = {} if args.skip_naive else bench_naive(args.quick, NAIVE_CONFIGS, stamp)
     if not args.skip_peers:
         durations = QUICK_DURATIONS if args.quick else FULL_DURATIONS

@@ -54,7 +54,7 @@ class Settings(BaseSettings):
     preprocess_threads: int = Field(
         default=0,
         ge=0,
-        description="threads decoding and cropping images, all models together (0: one per CPU)",
+        description="threads decoding and cropping images, all models together (0: one per usable CPU)",
     )
     max_batch_size: int = Field(
         default=64,

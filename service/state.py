@@ -30,7 +30,8 @@ class ServiceState:
         self.metrics = Metrics()
         self.upload_budget = UploadBudget(settings.max_upload_bytes_in_flight)
         self.preprocess_pool = ThreadPoolExecutor(
-            max_workers=settings.preprocess_threads or os.cpu_count() or 1, thread_name_prefix="preprocess"
+            max_workers=settings.preprocess_threads or len(os.sched_getaffinity(0)),
+            thread_name_prefix="preprocess",
         )
         self.inference_pool = ThreadPoolExecutor(
             max_workers=INFERENCE_THREADS, thread_name_prefix="inference"
