@@ -31,9 +31,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await state.start()
+        grpc_server = None
         try:
+            if settings.grpc_port:
+                from service.grpc_server import start_grpc_server  # grpc is loaded only when it serves
+
+                grpc_server = await start_grpc_server(state)
             yield
         finally:
+            if grpc_server is not None:
+                await grpc_server.stop(grace=settings.request_timeout_s)
             await state.stop()
 
     app = FastAPI(

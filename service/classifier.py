@@ -125,14 +125,20 @@ class Classifier:
         self, model: LoadedModel, prepare: Callable[[], np.ndarray], rows: int, timeout_s: float | None
     ) -> ImageResult:
         timeout = self.deadline_s(timeout_s)
-        # 503 now, not 504 later
-        reservation = model.batcher.reserve(rows, timeout * ADMISSION_HEADROOM)
+        started, ok = time.perf_counter(), False
         try:
-            return await asyncio.wait_for(self._run(model, prepare, reservation), timeout)
-        except asyncio.TimeoutError:
-            raise RequestTimeout(f"no answer within {timeout:g} s; retry later or with crops=1") from None
+            # 503 now, not 504 later
+            reservation = model.batcher.reserve(rows, timeout * ADMISSION_HEADROOM)
+            try:
+                result = await asyncio.wait_for(self._run(model, prepare, reservation), timeout)
+            except asyncio.TimeoutError:
+                raise RequestTimeout(f"no answer within {timeout:g} s; retry later or with crops=1") from None
+            finally:
+                reservation.release()  # a bad image or a timeout before queueing; no-op once queued
+            ok = True
+            return result
         finally:
-            reservation.release()  # a bad image or a timeout before queueing; no-op once queued
+            self.metrics.statistics.image_done(model.name, time.perf_counter() - started, ok)
 
     async def _prepare(self, prepare: Callable[[], np.ndarray]) -> np.ndarray:
         """Run ``prepare`` in the decode pool; 503 at once when too many images already wait for it."""

@@ -15,6 +15,8 @@ from prometheus_client import (
     Histogram,
 )
 
+from service.statistics import InferenceStatistics
+
 NAMESPACE = "resnet_serve"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 ROW_BUCKETS = (1, 2, 4, 8, 10, 16, 20, 32, 40, 64, 80, 128, 256, 512)
@@ -27,6 +29,7 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
+        self.statistics = InferenceStatistics()  # the same events, as the v2 statistics extension counts them
         if registry is None:
             for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
                 self.registry.register(collector)
@@ -61,6 +64,27 @@ class Metrics:
             "http_connections_closed",
             "Client connections the server closed: over the connection limit, or too slow to send a request.",
             ["reason"],
+            namespace=NAMESPACE,
+            registry=self.registry,
+        )
+        self.grpc_requests = Counter(
+            "grpc_requests",
+            "gRPC calls (Open Inference Protocol) by method and status code.",
+            ["method", "code"],
+            namespace=NAMESPACE,
+            registry=self.registry,
+        )
+        self.grpc_request_duration = Histogram(
+            "grpc_request_duration_seconds",
+            "End-to-end gRPC call latency.",
+            ["method"],
+            buckets=LATENCY_BUCKETS,
+            namespace=NAMESPACE,
+            registry=self.registry,
+        )
+        self.grpc_in_flight = Gauge(
+            "grpc_requests_in_flight",
+            "gRPC calls being served.",
             namespace=NAMESPACE,
             registry=self.registry,
         )
@@ -157,6 +181,8 @@ class ModelBatchObserver:
     """Feeds batch sizes, queue waits, inference time and queue depth of one model."""
 
     def __init__(self, metrics: Metrics, model: str) -> None:
+        self._model = model
+        self._statistics = metrics.statistics
         self._rows = metrics.batch_size_rows.labels(model)
         self._requests = metrics.batch_size_requests.labels(model)
         self._queue = metrics.queue_duration.labels(model)
@@ -169,6 +195,7 @@ class ModelBatchObserver:
         self._inference.observe(inference_s)
         for wait in queue_waits:
             self._queue.observe(wait)
+        self._statistics.batch_done(self._model, requests, queue_waits, inference_s)
 
     def queue_depth(self, depth: int) -> None:
         self._depth.set(depth)

@@ -34,6 +34,12 @@ class Settings(BaseSettings):
     models_dir: Path = Field(default=Path("models"), description="directory whose *.onnx files are served")
     host: str = Field(default="0.0.0.0", description="address to listen on")
     port: int = Field(default=8000, ge=1, le=65535, description="TCP port to listen on")
+    grpc_port: int = Field(
+        default=8001,
+        ge=0,
+        le=65535,
+        description="TCP port of the gRPC endpoint (Open Inference Protocol; Triton's is 8001); 0: none",
+    )
     default_model: str | None = Field(
         default=None,
         description="model used when a request names none (default: resnet20-cifar10 if served, "

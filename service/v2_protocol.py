@@ -75,6 +75,14 @@ def _first_error(exc: ValidationError) -> str:
     return f"{where}: {err.get('msg')}" if where else str(err.get("msg"))
 
 
+def request_from(data: dict[str, Any]) -> InferRequest:
+    """An inference request from decoded fields (the gRPC messages'); 400 with the first problem."""
+    try:
+        return InferRequest.model_validate(data)
+    except ValidationError as exc:
+        raise BadRequest(f"invalid inference request: {_first_error(exc)}") from None
+
+
 def parse_request(body: bytes, header_length: str | None) -> tuple[InferRequest, list[bytes | None]]:
     """The JSON request and, per input, its binary data (None when the data is in the JSON)."""
     split = len(body)

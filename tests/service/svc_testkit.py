@@ -61,6 +61,7 @@ def make_settings(models_dir: Path, **overrides: Any) -> Settings:
         "preprocess_threads": 2,
         "max_queue_delay_ms": 2,
         "watch_debounce_ms": 50,
+        "grpc_port": 0,  # the gRPC tests give theirs a free port
     }
     values.update(overrides)
     return Settings(**values)

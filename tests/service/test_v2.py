@@ -175,3 +175,32 @@ def test_too_many_images_in_one_request_is_413(models_dir: Path) -> None:
         assert response.status_code == 413 and "limit is 2" in response.json()["error"]
         request["inputs"][0].update(shape=[2], data=data[:2])
         assert client.post("/v2/models/colours/infer", json=request).status_code == 200
+
+
+# ---- Triton's extensions over REST ---------------------------------------------------------------------
+def test_triton_client_reads_config_statistics_and_repository_index(
+    triton: httpclient.InferenceServerClient,
+) -> None:
+    config = triton.get_model_config("colours")
+    assert config["max_batch_size"] == 16 and config["output"][0]["dims"] == [3]
+    assert config["dynamic_batching"]["max_queue_delay_microseconds"] == 2000
+    assert triton.get_model_config("colours", VERSION)["name"] == "colours"
+    (before,) = triton.get_inference_statistics("colours")["model_stats"]
+    triton.infer("colours", [bytes_input(image_bytes(RED), image_bytes(GREEN))])
+    (after,) = triton.get_inference_statistics("colours")["model_stats"]
+    success = after["inference_stats"]["success"]["count"] - before["inference_stats"]["success"]["count"]
+    assert success == 2 and after["inference_count"] - before["inference_count"] == 2
+    assert [m["name"] for m in triton.get_inference_statistics()["model_stats"]] == ["colours"]
+    assert triton.get_model_repository_index() == [
+        {"name": "colours", "version": VERSION, "state": "READY", "reason": ""}
+    ]
+    with pytest.raises(InferenceServerException, match="model control is not offered"):
+        triton.load_model("colours")
+
+
+def test_extensions_answer_404_for_an_unknown_model(client: TestClient) -> None:
+    for path in ("/v2/models/nope/config", "/v2/models/nope/stats", "/v2/models/colours/versions/1/config"):
+        response = client.get(path)
+        assert response.status_code == 404 and isinstance(response.json()["error"], str)
+    ready = client.post("/v2/repository/index", json={"ready": True}).json()
+    assert [m["name"] for m in ready] == ["colours"]
