@@ -53,6 +53,7 @@ def test_compose_service_port_models_and_trainer_profile():
     services = compose("docker-compose.yml")["services"]
     svc, trainer = services["service"], services["trainer"]
     assert any(p.endswith(":${SERVICE_PORT:-8000}:8000") for p in svc["ports"])
+    assert any(p.endswith(":${SERVICE_GRPC_PORT:-8001}:8001") for p in svc["ports"])  # gRPC, as the image
     assert svc["environment"]["SERVE_MODELS_DIR"] == "/app/models"
     models_mount = "${MODELS_DIR:-./models}:/app/models"
     assert f"{models_mount}:ro" in svc["volumes"]

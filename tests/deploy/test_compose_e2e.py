@@ -141,7 +141,12 @@ def stack(tmp_path_factory):
         trainer_image = "localhost/resnet-trainer:e2e"
         _build("docker/Dockerfile.trainer", trainer_image, base)
 
-    ports = {"SERVICE_PORT": free_port(), "PROMETHEUS_PORT": free_port(), "GRAFANA_PORT": free_port()}
+    ports = {
+        "SERVICE_PORT": free_port(),
+        "SERVICE_GRPC_PORT": free_port(),
+        "PROMETHEUS_PORT": free_port(),
+        "GRAFANA_PORT": free_port(),
+    }
     env = {
         **os.environ,
         **{k: str(v) for k, v in ports.items()},
@@ -156,6 +161,7 @@ def stack(tmp_path_factory):
     compose = ["podman-compose", "-p", project, "-f", "docker-compose.yml", "-f", "docker-compose.cpu.yml"]
     info = {
         "service": f"http://127.0.0.1:{ports['SERVICE_PORT']}",
+        "grpc": f"127.0.0.1:{ports['SERVICE_GRPC_PORT']}",
         "prometheus": f"http://127.0.0.1:{ports['PROMETHEUS_PORT']}",
         "model": model_name,
         "models_dir": models,

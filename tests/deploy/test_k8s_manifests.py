@@ -104,6 +104,11 @@ def test_deployment_gpu_probes_and_scraping():
     # The service listens where the ConfigMap tells it to, and that is the port the pod declares.
     assert container["envFrom"][0]["configMapRef"]["name"] == cm["metadata"]["name"]
     assert int(cm["data"]["SERVE_PORT"]) == port["containerPort"]
+    grpc_port = next(p for p in container["ports"] if p["name"] == "grpc")
+    assert int(cm["data"]["SERVE_GRPC_PORT"]) == grpc_port["containerPort"]
+    grpc_service = next(p for p in svc["spec"]["ports"] if p["name"] == "grpc")
+    assert grpc_service["targetPort"] in ("grpc", grpc_port["containerPort"])
+    assert grpc_service["appProtocol"] == "kubernetes.io/h2c"
     assert cm["data"]["SERVE_HOST"] == "0.0.0.0"
 
     # The selectors line up: Deployment -> its pods, Service -> the pods, HPA -> the Deployment.
@@ -144,3 +149,21 @@ def test_kserve_schema_catches_mistakes():
     bad_container["spec"]["predictor"]["containers"][0]["ports"][0]["containerPort"] = "http"
     for bad in (typo, no_predictor, bad_replicas, bad_container):
         assert not validator.is_valid(bad)
+
+
+def test_kserve_grpc_variant_routes_the_grpc_port_as_h2c():
+    (isvc,) = load_docs(K8S / "kserve" / "inferenceservice-grpc.yaml")
+    kserve_validator().validate(isvc)
+    (http_isvc,) = load_docs(K8S / "kserve" / "inferenceservice.yaml")
+    (container,) = isvc["spec"]["predictor"]["containers"]
+    (http_container,) = http_isvc["spec"]["predictor"]["containers"]
+    assert container["image"] == http_container["image"]
+    (port,) = container["ports"]  # Knative routes one port per container
+    assert port["name"] == "h2c"  # KServe's name for a gRPC (HTTP/2 cleartext) port
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert (
+        port["containerPort"]
+        == int(env["SERVE_GRPC_PORT"])
+        == container["readinessProbe"]["tcpSocket"]["port"]
+    )
+    assert isvc["metadata"]["name"] != http_isvc["metadata"]["name"]
