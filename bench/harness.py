@@ -136,12 +136,14 @@ def load(
     extra: list[str] | None = None,
     protocol: str = "service",
     crops: int = 10,
+    url: str | None = None,
 ) -> dict:
-    """Run ``loadgen.py`` against ``server`` (``extra``: more loadgen options); its summary, no records."""
+    """Run ``loadgen.py`` against ``server`` (at ``url`` if given: another port of it; ``extra``: more
+    loadgen options); its summary, no records."""
     warmup, duration = durations[concurrency]
     command = [
-        PY, "bench/loadgen.py", "--url", server.url, "--concurrency", str(concurrency), "--crops", str(crops),
-        "--protocol", protocol,
+        PY, "bench/loadgen.py", "--url", url or server.url, "--protocol", protocol,
+        "--concurrency", str(concurrency), "--crops", str(crops),
         "--warmup", str(warmup), "--duration", str(duration), "--out", str(out),
     ]  # fmt: skip
     if model:

@@ -49,6 +49,7 @@ async def send_service(
 # protocol -> (module in bench/, sender function in it); "service" is send_service above
 PROTOCOLS: dict[str, tuple[str, str]] = {
     "service": ("", "send_service"),
+    "service-grpc": ("grpc_client", "send"),
     "torchserve": ("peer_torchserve", "send"),
     "triton-bytes": ("peer_triton", "send_bytes"),
     "triton-tensor": ("peer_triton", "send_tensor"),

@@ -65,6 +65,7 @@ class ServiceConfig:
     max_batch_size: int  # rows
     max_queue_delay_ms: float
     concurrencies: tuple[int, ...]
+    protocol: str = "service"  # loadgen.py's: "service" (POST /classify) or "service-grpc" (ModelInfer)
 
 
 # The first is the headline: the shipped default settings on the FP32 model.
@@ -73,6 +74,7 @@ SERVICE_CONFIGS = [
     ServiceConfig("int8", INT8_MODEL_NAME, 10, 64, 5.0, (1, 8, 32)),
     ServiceConfig("1-crop", MODEL_NAME, 1, 64, 5.0, (1, 8, 32)),
     ServiceConfig("delay0", MODEL_NAME, 10, 64, 0.0, (1, 8)),
+    ServiceConfig("grpc", MODEL_NAME, 10, 64, 5.0, (1, 8, 32), protocol="service-grpc"),
 ]
 NAIVE_CONFIGS: list[tuple[str, tuple[int, ...]]] = [("sync", (1, 8, 32))]
 TRITON_CONCURRENCIES: dict[str, tuple[int, ...]] = {"bytes": (1, 8, 32), "tensor": (8,)}
@@ -107,10 +109,12 @@ def start_service(
     ``service`` package), ``threads`` ONNX Runtime threads per session (0: its default); the server and the
     ``SERVE_*`` settings it runs with."""
     port = free_port()
+    grpc = config.protocol == "service-grpc"
     settings = {
         "SERVE_MODELS_DIR": str(MODELS_DIR),
         "SERVE_HOST": "127.0.0.1",
         "SERVE_PORT": str(port),
+        "SERVE_GRPC_PORT": str(free_port()) if grpc else "0",
         "SERVE_PROVIDERS": "cpu",
         "SERVE_WATCH": "false",
         "SERVE_MAX_BATCH_SIZE": str(config.max_batch_size),
@@ -149,10 +153,19 @@ def bench_service(quick: bool, configs: list[ServiceConfig], stamp: str, threads
                 "by_concurrency": {},
             }
             durations = QUICK_DURATIONS if quick else FULL_DURATIONS
+            grpc_port = settings["SERVE_GRPC_PORT"]
+            url = f"http://127.0.0.1:{grpc_port}" if grpc_port != "0" else None  # the gRPC target
             for c in QUICK_CONCURRENCIES if quick else config.concurrencies:
                 out = RESULTS_DIR / f"{stamp}service-{config.name}-c{c}.json"
                 entry["by_concurrency"][str(c)] = load(
-                    server, c, durations, out, config.model, crops=config.crops
+                    server,
+                    c,
+                    durations,
+                    out,
+                    config.model,
+                    protocol=config.protocol,
+                    crops=config.crops,
+                    url=url,
                 )
             results[config.name] = entry
         finally:
@@ -300,6 +313,7 @@ def load_rows(results: dict, best: float) -> list[str]:
         label = (
             f"{config['crops']}-crop, batch {config['max_batch_size']} rows, "
             f"delay {config['max_queue_delay_ms']} ms"
+            + (", gRPC ModelInfer" if config.get("protocol") == "service-grpc" else "")
         )
         for c, r in entry["by_concurrency"].items():
             rows.append(load_row(f"service ({name})", config["model"], label, c, r, config["crops"], best))

@@ -29,7 +29,9 @@ from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
-PREFERRED_DEFAULT = "resnet20-cifar10"
+# Without SERVE_DEFAULT_MODEL: the ImageNet model when it serves (a photo of a cat is an ImageNet question),
+# else the shipped CIFAR-10 one, else the first ready model alphabetically.
+PREFERRED_DEFAULTS = ("resnet50-imagenet", "resnet20-cifar10")
 
 
 class ModelState(str, Enum):
@@ -120,13 +122,13 @@ class ModelRegistry:
         return [e.name for e in self.entries() if e.current is not None]
 
     def default_name(self) -> str | None:
-        """The configured default, else resnet20-cifar10 if it serves, else the first ready model."""
+        """The configured default, else the first of :data:`PREFERRED_DEFAULTS` that serves, else the first
+        ready model."""
         if self.settings.default_model:
             return self.settings.default_model
         ready = self.ready_names()
-        if PREFERRED_DEFAULT in ready:
-            return PREFERRED_DEFAULT
-        return ready[0] if ready else None
+        preferred = [name for name in PREFERRED_DEFAULTS if name in ready]
+        return (preferred or ready or [None])[0]
 
     def resolve(self, name: str | None, version: str | None = None) -> LoadedModel:
         """The version serving ``name`` (default model when None); 404/503 errors otherwise.

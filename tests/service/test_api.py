@@ -101,6 +101,26 @@ def test_refused_model_is_reported_not_served(tmp_path: Path) -> None:
         assert client.get("/readyz").json()["models"] == ["colours"]
 
 
+@pytest.mark.parametrize(
+    ("served", "expected"),
+    [
+        (("alpha", "resnet20-cifar10", "resnet50-imagenet"), "resnet50-imagenet"),
+        (("alpha", "resnet20-cifar10"), "resnet20-cifar10"),
+    ],
+)
+def test_the_imagenet_model_is_the_default_when_it_serves(
+    tmp_path: Path, served: tuple[str, ...], expected: str
+) -> None:
+    for name in served:
+        publish(tmp_path / f"{name}.onnx", colour_model())
+    with running_client(make_settings(tmp_path), served) as client:
+        response = client.post("/classify", content=image_bytes(), headers={"content-type": "image/png"})
+        assert response.json()["model"] == expected
+        listing = client.get("/models").json()
+        assert listing["default_model"] == expected
+        assert [m["name"] for m in listing["models"] if m["default"]] == [expected]
+
+
 @pytest.mark.parametrize("configured", [None, "zeta"])
 def test_default_model_prefers_the_configured_one(tmp_path: Path, configured: str | None) -> None:
     for name in ("alpha", "zeta"):
