@@ -128,7 +128,8 @@ class ModelRegistry:
             return self.settings.default_model
         ready = self.ready_names()
         preferred = [name for name in PREFERRED_DEFAULTS if name in ready]
-        return (preferred or ready or [None])[0]
+        candidates = preferred or ready
+        return candidates[0] if candidates else None
 
     def resolve(self, name: str | None, version: str | None = None) -> LoadedModel:
         """The version serving ``name`` (default model when None); 404/503 errors otherwise.
