@@ -122,13 +122,14 @@ class ModelRegistry:
         return [e.name for e in self.entries() if e.current is not None]
 
     def default_name(self) -> str | None:
-        """The configured default, else the first of :data:`PREFERRED_DEFAULTS` that serves, else the first
-        ready model."""
+        """The configured default, else the first of :data:`PREFERRED_DEFAULTS` that serves or is loading, else
+        the first ready model."""
         if self.settings.default_model:
             return self.settings.default_model
-        ready = self.ready_names()
-        preferred = [name for name in PREFERRED_DEFAULTS if name in ready]
-        candidates = preferred or ready
+        # A preferred model still loading stays the default (503 until it is ready): the default does not
+        # change under a client's feet when the first model finishes loading.
+        coming = {e.name for e in self.entries() if e.current is not None or e.state is ModelState.LOADING}
+        candidates = [name for name in PREFERRED_DEFAULTS if name in coming] or self.ready_names()
         return candidates[0] if candidates else None
 
     def resolve(self, name: str | None, version: str | None = None) -> LoadedModel:
@@ -180,6 +181,8 @@ class ModelRegistry:
             for name in sorted(set(self._entries) - set(files)):
                 self._unload(name, f"{self._entries[name].path} was removed")
                 report.unloaded.append(name)
+            for name, (path, _) in files.items():  # listed as loading from now on, not when their turn comes
+                self._entries.setdefault(name, ModelEntry(name, path))
             for name, (path, signature) in files.items():
                 entry = self._entries.get(name)
                 if entry is not None and entry.signature == signature:

@@ -111,3 +111,21 @@ def test_only_a_run_with_nothing_queued_behind_it_gives_the_arena_back(
 
     asyncio.run(scenario())
     assert asked == [True, False, False, True, False]
+
+
+def test_a_preferred_default_that_is_still_loading_stays_the_default(tmp_path: Path) -> None:
+    """The default does not flip from the CIFAR model to the ImageNet one when the latter finishes loading:
+    until then a request for the default model is told it is still loading (503)."""
+    from service.errors import ServiceUnavailable
+    from service.registry import ModelEntry, ModelState
+
+    registry = ModelRegistry(make_settings(tmp_path), Metrics())
+    cifar = ModelEntry("resnet20-cifar10", tmp_path / "resnet20-cifar10.onnx", state=ModelState.READY)
+    cifar.current = object()  # type: ignore[assignment]  # serving: any version object
+    imagenet = ModelEntry("resnet50-imagenet", tmp_path / "resnet50-imagenet.onnx")  # loading
+    registry._entries = {e.name: e for e in (cifar, imagenet)}
+    assert registry.default_name() == "resnet50-imagenet"
+    with pytest.raises(ServiceUnavailable, match="still loading"):
+        registry.resolve(None)
+    imagenet.state = ModelState.FAILED  # a file that does not load leaves the CIFAR model the default
+    assert registry.default_name() == "resnet20-cifar10"
