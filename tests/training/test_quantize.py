@@ -156,4 +156,5 @@ def test_quantizes_where_symbolic_shape_inference_fails(
     monkeypatch.setattr(quantize, "quant_pre_process", strict)
     published = quantize_model(fp32, colours, calibration_images=12)
     assert calls == [False, True]
-    assert read_model_metadata(published).quantization["evaluated_on"]["int8_error_1crop"] == 0.0
+    recorded = read_model_metadata(published).quantization
+    assert recorded is not None and recorded["evaluated_on"]["int8_error_1crop"] == 0.0
