@@ -173,8 +173,10 @@ class ModelRegistry:
     async def scan(self) -> ScanReport:
         """Load new or changed files, unload removed ones; returns what changed."""
         async with self._scan_lock:
-            directory = self.settings.models_dir
+            directory, base = self.settings.models_dir, self.settings.base_models_dir
             files = await asyncio.to_thread(list_model_files, directory)
+            if base is not None:  # beneath: the models directory's file of the same name wins
+                files = {**await asyncio.to_thread(list_model_files, base), **files}
             if not files and not directory.is_dir():
                 log.warning("models directory %s does not exist: no model to serve", directory)
             report = ScanReport()

@@ -32,6 +32,12 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SERVE_", extra="ignore", validate_default=True)
 
     models_dir: Path = Field(default=Path("models"), description="directory whose *.onnx files are served")
+    base_models_dir: Path | None = Field(
+        default=None,
+        description="a second directory of *.onnx files, served beneath the models directory: a file of the "
+        "same name there wins. Read at every scan, not watched. The service image ships its models here, so "
+        "that a models directory mounted over /app/models adds models instead of hiding the shipped ones",
+    )
     host: str = Field(default="0.0.0.0", description="address to listen on")
     port: int = Field(default=8000, ge=1, le=65535, description="TCP port to listen on")
     grpc_port: int = Field(
@@ -160,7 +166,7 @@ class Settings(BaseSettings):
     def _origins(cls, value: object) -> str:
         return split_list(value)
 
-    @field_validator("auth_token", "admin_token", "default_model", mode="before")
+    @field_validator("auth_token", "admin_token", "default_model", "base_models_dir", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value

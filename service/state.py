@@ -45,8 +45,9 @@ class ServiceState:
         """Load the models in the background (``/readyz`` says when) and start watching the directory."""
         s = self.settings
         log.info(
-            "serving %s (providers %s, watch %s)",
+            "serving %s%s (providers %s, watch %s)",
             s.models_dir.resolve(),
+            f" over {s.base_models_dir.resolve()}" if s.base_models_dir else "",
             s.providers,
             "on" if s.watch else "off",
         )

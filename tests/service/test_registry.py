@@ -129,3 +129,22 @@ def test_a_preferred_default_that_is_still_loading_stays_the_default(tmp_path: P
         registry.resolve(None)
     imagenet.state = ModelState.FAILED  # a file that does not load leaves the CIFAR model the default
     assert registry.default_name() == "resnet20-cifar10"
+
+
+def test_the_base_models_directory_is_served_beneath_the_models_directory(tmp_path: Path) -> None:
+    """The image's shipped models stay served when a models directory is mounted over /app/models, and a
+    file of the same name in the mounted directory replaces the shipped one."""
+    base, mounted = tmp_path / "shipped", tmp_path / "mounted"
+    for name in ("resnet50-imagenet", "resnet20-cifar10"):
+        publish(base / f"{name}.onnx", colour_model())
+    publish(mounted / "resnet20-cifar10.onnx", colour_model())
+    publish(mounted / "mine.onnx", colour_model())
+    settings = make_settings(mounted, base_models_dir=base)
+    with running_client(settings, ["resnet50-imagenet", "resnet20-cifar10", "mine"]) as client:
+        files = {m["name"]: m["file"] for m in client.get("/models").json()["models"]}
+        assert files == {
+            "mine": str(mounted / "mine.onnx"),
+            "resnet20-cifar10": str(mounted / "resnet20-cifar10.onnx"),  # the mounted file wins
+            "resnet50-imagenet": str(base / "resnet50-imagenet.onnx"),
+        }
+        assert client.get("/models").json()["default_model"] == "resnet50-imagenet"
