@@ -12,6 +12,7 @@ of their own).
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
@@ -244,6 +245,9 @@ def _observed(method: str, handler: Handler, state: ServiceState) -> Handler:
                 context.set_trailing_metadata(((RETRY_AFTER, str(retry)),))
             await context.abort(code, exc.message)
         except grpc.aio.AbortError:
+            raise
+        except asyncio.CancelledError:  # the client went away or its deadline passed: grpc cancels the call
+            code = grpc.StatusCode.CANCELLED
             raise
         except Exception:
             code = grpc.StatusCode.INTERNAL
