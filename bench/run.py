@@ -472,6 +472,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="smoke run: short phases, no README update")
     parser.add_argument("--skip-naive", action="store_true")
     parser.add_argument("--skip-peers", action="store_true", help="no TorchServe, no Triton")
+    parser.add_argument("--skip-options", action="store_true", help="no ONNX Runtime options sweep")
     parser.add_argument("--out", type=Path, help="results JSON (default bench/results.json; quick: .work)")
     parser.add_argument(
         "--configs",
@@ -519,7 +520,7 @@ def main() -> int:
     results["raw_ort"] = run_step(raw_args, RESULTS_DIR / f"{stamp}raw_ort.json")
     int8_args = [*raw_args, "--model", str(INT8_MODEL_PATH)]
     results["raw_ort_int8"] = run_step(int8_args, RESULTS_DIR / f"{stamp}raw_ort_int8.json")
-    if not args.quick:
+    if not (args.quick or args.skip_options):
         results["ort_options"] = run_step(["bench/ort_options.py"], RESULTS_DIR / "ort_options.json")
     pre_args = ["bench/preprocess_bench.py"] + (["--runs", "10"] if args.quick else ["--runs", "60"])
     results["preprocess"] = run_step(pre_args, RESULTS_DIR / f"{stamp}preprocess.json")
@@ -547,7 +548,8 @@ def main() -> int:
     if "derived" in results:
         text = table(results)
         print(text)
-        if not args.quick:
+        whole = not (args.quick or args.skip_naive or args.skip_peers or args.skip_options)
+        if whole and args.out is None and len(configs) == len(SERVICE_CONFIGS):  # the tables are the full run's
             write_readme(text)
             log(f"updated {README}")
     return 0
