@@ -549,7 +549,7 @@ def main() -> int:
         text = table(results)
         print(text)
         whole = not (args.quick or args.skip_naive or args.skip_peers or args.skip_options)
-        if whole and args.out is None and len(configs) == len(SERVICE_CONFIGS):  # the tables are the full run's
+        if whole and args.out is None and len(configs) == len(SERVICE_CONFIGS):  # a whole run's tables only
             write_readme(text)
             log(f"updated {README}")
     return 0
