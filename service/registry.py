@@ -122,8 +122,8 @@ class ModelRegistry:
         return [e.name for e in self.entries() if e.current is not None]
 
     def default_name(self) -> str | None:
-        """The configured default, else the first of :data:`PREFERRED_DEFAULTS` that serves or is loading, else
-        the first ready model."""
+        """The configured default, else the first of :data:`PREFERRED_DEFAULTS` serving or loading, else the
+        first ready model."""
         if self.settings.default_model:
             return self.settings.default_model
         # A preferred model still loading stays the default (503 until it is ready): the default does not
