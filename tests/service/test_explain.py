@@ -222,3 +222,75 @@ def test_models_show_what_explains_them(cam_client: TestClient) -> None:
     models = {m["name"]: m for m in cam_client.get("/models").json()["models"]}
     assert models["cam"]["cam"] == {"features": "features", "weights": "classifier.weight"}
     assert models["plain"]["cam"] is None
+
+
+# ---------------------------------------------------------------- the ImageNet ResNet-50 (weights tests)
+
+REPO = Path(__file__).resolve().parents[2]
+# Hand-drawn boxes (left, top, right, bottom) in the photos' own pixels: the cat's head and shoulders in
+# chelsea (451x300; the background right of x=390 is out), the cup with its handle in coffee (600x400; the
+# saucer and the table are out).
+PHOTOS = {
+    "chelsea": ({"Egyptian_cat", "tabby", "tiger_cat"}, (60, 0, 390, 300)),
+    "coffee": ({"espresso", "cup", "coffee_mug"}, (170, 15, 415, 305)),
+}
+
+
+@pytest.fixture(scope="module")
+def resnet50_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A models folder with the imported ResNet-50 and its feature output: the published one when it came
+    from the cached weights package and has it, else a fresh import."""
+    from service.model_contract import read_model_metadata
+
+    pytest.importorskip("torch", reason="the import needs the training extra")
+    from training import import_resnet50 as importer
+
+    tarball = REPO / "cache" / importer.TARBALL_NAME
+    if not tarball.is_file():
+        pytest.skip(f"{tarball} is absent: run `python training/import_resnet50.py` to download it")
+    directory = tmp_path_factory.mktemp("r50")
+    published = REPO / "models" / importer.MODEL_FILE
+    if published.is_file():
+        meta = read_model_metadata(published)
+        if meta.cam is not None and meta.checkpoint_sha256 == importer.TARBALL_SHA256:
+            (directory / published.name).symlink_to(published)
+            return directory
+    importer.import_resnet50(tarball.parent, directory, tarball)
+    return directory
+
+
+@pytest.mark.weights
+@pytest.mark.slow
+@pytest.mark.parametrize("crops", [10, 1])
+def test_the_resnet50_map_lies_on_the_object_it_names(resnet50_dir: Path, crops: int) -> None:
+    """The map of the top-1 class of chelsea (a cat) and coffee (a cup): its centre of mass in the
+    hand-drawn box, most of its mass inside, and at least twice as dense inside as outside."""
+    skimage_data = pytest.importorskip("skimage.data", reason="scikit-image (the dev extra) has the photos")
+    settings = make_settings(resnet50_dir, max_batch_size=10)
+    with running_client(settings, names=("resnet50-imagenet",)) as client:
+        for name, (classes, (left, top, right, bottom)) in PHOTOS.items():
+            pixels = getattr(skimage_data, name)()
+            buffer = io.BytesIO()
+            Image.fromarray(pixels).save(buffer, "PNG")
+            plain = classify(client, buffer.getvalue(), f"crops={crops}")
+            body = classify(client, buffer.getvalue(), f"crops={crops}&explain=true")
+            assert body["predictions"] == plain["predictions"]
+            (entry,) = body["explanations"]
+            assert entry["label"] == body["predictions"][0]["label"] and entry["label"] in classes
+            gray, alpha = decode_heatmap(entry)
+            height, width = pixels.shape[:2]
+            resized_width, resized_height = resized_size(width, height, 256)
+            # each photo pixel's grid cell (32 pixels of the resized photo: 224 / 7)
+            rows = (np.arange(height) * resized_height / height // 32).astype(int)
+            cols = (np.arange(width) * resized_width / width // 32).astype(int)
+            values = np.where(alpha == 255, gray, 0).astype(float)[rows][:, cols]
+            seen = (alpha == 255)[rows][:, cols]
+            ys, xs = np.mgrid[0:height, 0:width]
+            centre = ((values * xs).sum() / values.sum(), (values * ys).sum() / values.sum())
+            assert left <= centre[0] <= right and top <= centre[1] <= bottom, (name, crops, centre)
+            inside = (xs >= left) & (xs < right) & (ys >= top) & (ys < bottom)
+            share = values[inside].sum() / values.sum()
+            assert share > 0.5, (name, crops, share)
+            if (~inside & seen).any():  # (chelsea's centre crop sees nothing outside the box)
+                density = values[inside & seen].mean() / values[~inside & seen].mean()
+                assert density >= 2.0, (name, crops, density)
