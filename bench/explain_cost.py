@@ -25,8 +25,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--concurrency", default="1,8", help="comma-separated client counts")
     parser.add_argument("--rounds", type=int, default=2, help="explain=false/true alternations")
+    parser.add_argument(
+        "--window", type=float, help="seconds of every measurement window (default: DURATIONS)"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "explain-cost.json")
     args = parser.parse_args()
+    durations = {c: (warmup, args.window or window) for c, (warmup, window) in DURATIONS.items()}
     from service.model_contract import read_model_metadata
 
     make_model()
@@ -35,7 +39,7 @@ def main() -> int:
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     config = SERVICE_CONFIGS[0]
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    results: dict[str, Any] = {"machine": machine(), "durations": DURATIONS, "phases": []}
+    results: dict[str, Any] = {"machine": machine(), "durations": durations, "phases": []}
     server, settings = start_service(config, RESULTS_DIR / "explain-cost.log")
     results["settings"] = settings
     try:
@@ -45,7 +49,7 @@ def main() -> int:
                 for c in concurrencies:
                     tag = f"explain-{'on' if explain else 'off'}-c{c}-r{round_}"
                     extra = ["--explain"] if explain else []
-                    r = load(server, c, DURATIONS, RESULTS_DIR / f"{tag}.json", config.model, extra)
+                    r = load(server, c, durations, RESULTS_DIR / f"{tag}.json", config.model, extra)
                     if server.proc.poll() is not None:
                         raise RuntimeError(
                             f"the service exited (status {server.proc.returncode}) during {tag}; "
