@@ -455,7 +455,7 @@ def convert(package: KerasPackage) -> tuple[ResNet, Layout]:
     return network.eval(), layout
 
 
-def pixel_model(network: nn.Module, features: bool = True) -> PixelInput:
+def pixel_model(network: nn.Module, features: bool = False) -> PixelInput:
     """The network taking uint8 RGB pixels, with these weights' BGR Caffe convention inside the graph;
     ``features``: with the last block's feature map as a second output (class activation maps)."""
     return PixelInput(network, MEAN_BGR, STD, bgr=True, features=features)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import onnx
 import pytest
-from contract_models import colour_model, publish, write_colour_photos
+from contract_models import colour_cam_model, colour_model, publish, write_colour_photos
 
 from service.model_contract import read_model_metadata
 from training import export, quantize, train
@@ -138,3 +138,14 @@ def test_train_export_int8_publishes_both_precisions(
 def test_int8_without_export_is_refused(tiny_data: Path) -> None:
     with pytest.raises(SystemExit):
         train.main(["--data", str(tiny_data), "--int8"])
+
+
+def test_the_int8_twin_of_an_explainable_model_is_served_unexplained(tmp_path: Path, colours: Path) -> None:
+    """The quantizer rewrites the classifier's weights, so the twin drops ``cam`` rather than name a weight
+    initializer it no longer has; it follows the contract and classifies as its parent."""
+    fp32 = publish(tmp_path / "models" / "cam.onnx", colour_cam_model(crop=8, resize=10, cell=2))
+    assert read_model_metadata(fp32).cam is not None
+    published = quantize_model(fp32, colours, calibration_images=12)
+    meta = read_model_metadata(published)
+    assert meta.precision == "int8" and meta.cam is None and meta.features_output is None
+    assert meta.quantization is not None and meta.quantization["evaluated_on"]["int8_error_10crop"] == 0.0
