@@ -59,7 +59,9 @@ def image_map(
         total[box] += pixels
         count[box] += 1
     grid_rows, grid_cols = -(-height * h // crop_size), -(-width * w // crop_size)
-    cell = ((np.arange(height) * h) // crop_size)[:, None] * grid_cols + (np.arange(width) * w) // crop_size
+    # int32: a 4-million-pixel panorama (SERVE_MAX_RESIZED_PIXELS) needs 16 MB of cell indices, not 32
+    ys, xs = np.arange(height, dtype=np.int32), np.arange(width, dtype=np.int32)
+    cell = ((ys * h) // crop_size)[:, None] * np.int32(grid_cols) + (xs * w) // crop_size
     seen = count > 0
     sums = np.bincount(cell[seen], weights=(total[seen] / count[seen]), minlength=grid_rows * grid_cols)
     pixels = np.bincount(cell[seen], minlength=grid_rows * grid_cols)
