@@ -7,6 +7,9 @@ Throughput is the successful answers completed inside the window divided by its 
 percentiles are over those same answers. After the window no new request starts and the ones in flight
 are awaited (not counted), so the server is idle when the next phase starts.
 
+``--explain`` adds ``explain=true`` to every ``/classify`` request (class activation maps; the summary's
+``explain`` says so).
+
 ``--honour-retry-after CAP`` makes each client behave like a well-behaved one under overload: after a 503
 carrying ``Retry-After`` it sleeps that many seconds (at most CAP) before its next request. The summary
 counts the answers per status, the 503s that carried ``Retry-After``, and latency percentiles per status.
@@ -33,7 +36,7 @@ from pathlib import Path
 import httpx
 from common import load_images, median, percentile, write_json
 
-TIMING_KEYS = ("decode_ms", "queue_ms", "inference_ms", "total_ms")
+TIMING_KEYS = ("decode_ms", "queue_ms", "inference_ms", "explain_ms", "total_ms")
 
 # One request for one photo: (client, photo file name, photo bytes, options) -> the response.
 Sender = Callable[[httpx.AsyncClient, str, bytes, dict[str, str]], Awaitable[httpx.Response]]
@@ -115,6 +118,8 @@ async def run(args: argparse.Namespace) -> dict:
     params = {"crops": str(args.crops)}
     if args.model:
         params["model"] = args.model
+    if args.explain:
+        params["explain"] = "true"
     limits = httpx.Limits(
         max_connections=args.concurrency + 4, max_keepalive_connections=args.concurrency + 4
     )
@@ -183,6 +188,7 @@ async def run(args: argparse.Namespace) -> dict:
         "url": args.url,
         "concurrency": args.concurrency,
         "crops": args.crops,
+        "explain": args.explain,
         "warmup_s": args.warmup,
         "duration_s": args.duration,
         "drain_s": round(drained - window_end, 2),
@@ -235,6 +241,7 @@ def main() -> int:
     parser.add_argument("--model", help="model name (the service's model query parameter)")
     parser.add_argument("--protocol", choices=sorted(PROTOCOLS), default="service")
     parser.add_argument("--crops", type=int, default=10)
+    parser.add_argument("--explain", action="store_true", help="ask for class activation maps (explain=true)")
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--warmup", type=float, default=10.0, help="seconds whose answers are discarded")
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of the measurement window")

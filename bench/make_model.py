@@ -1,7 +1,8 @@
 """The benchmark models: a random-weight ResNet-50 exported by ``training/export.py``, and its INT8 twin.
 
 Writes ``bench/.work/models/resnet50-random.onnx`` (the served contract: uint8 [N, H, W, 3] RGB in,
-``logits`` out, metadata attached, parity with PyTorch checked), ``bench/.work/resnet50-random.pt``
+``logits`` out, the ``features`` output of class activation maps, metadata attached, parity with PyTorch
+checked), ``bench/.work/resnet50-random.pt``
 (the same network's state dict, which the PyTorch eager baseline loads) and
 ``bench/.work/models/resnet50-random-int8.onnx``: the same model through ``training/quantize.py``'s
 quantizer, calibrated on the benchmark photos' centre crops. Random weights: speed only, so the INT8
@@ -63,7 +64,7 @@ def make_model(force: bool = False) -> Path:
         checkpoint_sha256="0" * 64,
     )
     MODEL_PATH.parent.mkdir(parents=True, exist_ok=True)
-    return export_model(PixelInput(network, MEAN, STD), card, MODEL_PATH)
+    return export_model(PixelInput(network, MEAN, STD, features=True), card, MODEL_PATH)
 
 
 def make_int8_model(force: bool = False) -> Path:

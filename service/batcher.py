@@ -14,7 +14,10 @@ time per row is measured on the wall clock from batch to batch (gathering includ
 rate the queue really drains at, also when decoding or HTTP work competes for the CPU. The
 ``Retry-After`` is the time the admitted work needs to drain: refused clients come back spread
 over that drain rather than all within a second, which would spend the CPU on refusing them again.
-The batcher knows nothing of HTTP or ONNX: it takes any blocking ``infer(rows) -> outputs``.
+The batcher knows nothing of HTTP or ONNX: it takes any blocking ``infer(rows) -> outputs``, and
+optionally ``infer_features(rows) -> (outputs, features)``, run instead for a batch in which some request
+asked for features (class activation maps); a batch in which none did fetches the outputs alone, so
+requests that do not ask cost nothing extra.
 """
 
 from __future__ import annotations
@@ -52,12 +55,18 @@ class BatchResult:
     inference_s: float
     batch_rows: int
     batch_requests: int
+    features: np.ndarray | None = None  # this request's rows of the feature output, when it asked
+
+
+Infer = Callable[[np.ndarray], np.ndarray]
+InferFeatures = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 @dataclass
 class _Item:
     rows: np.ndarray
     future: asyncio.Future[BatchResult]
+    features: bool = False
     enqueued: float = field(default_factory=time.perf_counter)
 
 
@@ -89,7 +98,7 @@ class DynamicBatcher:
 
     def __init__(
         self,
-        infer: Callable[[np.ndarray], np.ndarray],
+        infer: Infer,
         *,
         max_batch_size: int,
         max_queue_delay_s: float,
@@ -98,8 +107,10 @@ class DynamicBatcher:
         observer: BatchObserver | None = None,
         name: str = "model",
         seconds_per_row: float | None = None,
+        infer_features: InferFeatures | None = None,
     ) -> None:
         self._infer = infer
+        self._infer_features = infer_features
         self.max_batch_size = max_batch_size
         self.max_queue_delay_s = max_queue_delay_s
         self._queue: asyncio.Queue[_Item | object] = asyncio.Queue(maxsize=max_queue_size)
@@ -167,16 +178,25 @@ class DynamicBatcher:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._worker(), name=f"batcher-{self._name}")
 
-    async def submit(self, rows: np.ndarray, reservation: Reservation | None = None) -> BatchResult:
-        """Queue ``rows`` (one request's crops) and wait for their outputs.
+    @property
+    def has_features(self) -> bool:
+        """Whether :meth:`submit` can be asked for features."""
+        return self._infer_features is not None
+
+    async def submit(
+        self, rows: np.ndarray, reservation: Reservation | None = None, *, features: bool = False
+    ) -> BatchResult:
+        """Queue ``rows`` (one request's crops) and wait for their outputs (and features, if asked).
 
         ``reservation``: what :meth:`reserve` admitted this request with; the queue counts the rows now.
         """
         if reservation is not None:
             reservation.release()
+        if features and self._infer_features is None:
+            raise ValueError(f"model {self._name} has no feature output")
         if self._closed or self._task is None:
             raise Overloaded(f"model {self._name} is being unloaded")
-        item = _Item(rows, asyncio.get_running_loop().create_future())
+        item = _Item(rows, asyncio.get_running_loop().create_future(), features)
         try:
             self._queue.put_nowait(item)
         except asyncio.QueueFull:
@@ -261,15 +281,21 @@ class DynamicBatcher:
         else:
             self.seconds_per_row += RATE_SMOOTHING * (seconds_per_row - self.seconds_per_row)
 
-    def _infer_parts(self, parts: list[np.ndarray]) -> np.ndarray:
+    def _infer_parts(self, parts: list[np.ndarray], features: bool) -> tuple[np.ndarray, np.ndarray | None]:
         """Concatenate and run, in the executor thread: the copy stays off the event loop."""
-        return self._infer(parts[0] if len(parts) == 1 else np.concatenate(parts))
+        rows = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        if features and self._infer_features is not None:
+            return self._infer_features(rows)
+        return self._infer(rows), None
 
     async def _run(self, loop: asyncio.AbstractEventLoop, batch: list[_Item]) -> None:
         started = time.perf_counter()
         rows = sum(len(item.rows) for item in batch)
+        wanted = any(item.features for item in batch)
         try:
-            outputs = await loop.run_in_executor(self._executor, self._infer_parts, [i.rows for i in batch])
+            outputs, features = await loop.run_in_executor(
+                self._executor, self._infer_parts, [i.rows for i in batch], wanted
+            )
         except Exception:
             log.exception("inference failed for model %s on a batch of %d rows", self._name, rows)
             for item in batch:
@@ -292,7 +318,8 @@ class DynamicBatcher:
         for item, wait in zip(batch, waits, strict=True):
             n = len(item.rows)
             if not item.future.done():
+                own = features[offset : offset + n] if features is not None and item.features else None
                 item.future.set_result(
-                    BatchResult(outputs[offset : offset + n], wait, inference_s, rows, len(batch))
+                    BatchResult(outputs[offset : offset + n], wait, inference_s, rows, len(batch), own)
                 )
             offset += n

@@ -101,6 +101,13 @@ class InvalidParameter(ServiceError):
     code = "invalid_parameter"
 
 
+class ExplanationUnavailable(ServiceError):
+    """``explain=true`` on a model without a feature output (exported before class activation maps)."""
+
+    status_code = 422
+    code = "explanation_unavailable"
+
+
 class ServiceUnavailable(ServiceError):
     """Nothing can answer right now: no model is ready yet, or the queue is full."""
 

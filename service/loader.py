@@ -18,15 +18,20 @@ from typing import Any
 
 import numpy as np
 
-from service.batcher import DynamicBatcher
+from service.batcher import DynamicBatcher, Infer, InferFeatures
 from service.metrics import Metrics
-from service.model_contract import InvalidModelError, ModelMetadata, read_model_metadata
+from service.model_contract import (
+    InvalidModelError,
+    ModelMetadata,
+    cam_weights,
+    load_model,
+    metadata_from_model,
+)
 from service.runtime import arena_shrinking_run_options, create_session
 from service.settings import Settings
 
-Infer = Callable[[np.ndarray], np.ndarray]
-# (model name, blocking inference, measured seconds per row) -> a started batcher
-StartBatcher = Callable[[str, Infer, float], DynamicBatcher]
+# (model name, blocking inference, its twin with features or None, measured seconds per row) -> a batcher
+StartBatcher = Callable[[str, Infer, InferFeatures | None, float], DynamicBatcher]
 # ONNX Runtime's CPU arena keeps the largest working set any mix of batch sizes has needed: on ResNet-50,
 # three bursts of 16 concurrent 10-crop images left it about 380 MB above the warmed-up size for good.
 # A run with arena shrinkage gives that back but costs a few per cent (measured on 2 cores: 2% at 60
@@ -42,6 +47,16 @@ def run_logits(
     return np.asarray(session.run([metadata.output_name], {metadata.input_name: rows}, run_options)[0])
 
 
+def run_with_features(
+    session: Any, metadata: ModelMetadata, rows: np.ndarray, run_options: Any = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Blocking session run fetching the logits and the feature map (a model with ``cam`` metadata only)."""
+    assert metadata.features_output is not None
+    names = [metadata.output_name, metadata.features_output]
+    logits, features = session.run(names, {metadata.input_name: rows}, run_options)
+    return np.asarray(logits), np.asarray(features)
+
+
 @dataclass(frozen=True)
 class WarmSession:
     """A session on a checked file that has run the batch sizes traffic will use."""
@@ -49,6 +64,7 @@ class WarmSession:
     metadata: ModelMetadata
     session: Any  # onnxruntime.InferenceSession
     seconds_per_row: float  # measured at the largest batch; admission's first estimate
+    cam_weights: np.ndarray | None = None  # [classes, channels], for a model with ``cam`` metadata
 
 
 class LoadedModel:
@@ -63,6 +79,7 @@ class LoadedModel:
         self.path = path
         self.metadata = warm.metadata
         self.session: Any = warm.session  # None once drained
+        self.cam_weights = warm.cam_weights  # None: this model cannot explain
         self.providers: list[str] = list(warm.session.get_providers())
         self.loaded_at = datetime.now(timezone.utc)
         self.users = 0
@@ -70,15 +87,24 @@ class LoadedModel:
         self.idle.set()
         self._shrinking = arena_shrinking_run_options()
         self._last_shrink = -ARENA_SHRINK_INTERVAL_S
-        self.batcher = start_batcher(name, self.infer, warm.seconds_per_row)
+        with_features = self.infer_features if self.cam_weights is not None else None
+        self.batcher = start_batcher(name, self.infer, with_features, warm.seconds_per_row)
 
-    def infer(self, rows: np.ndarray) -> np.ndarray:
-        """Blocking session run of the session this version holds now (see ARENA_SHRINK_INTERVAL_S)."""
-        options = None
+    def _run_options(self) -> Any:
+        """Arena-shrinking options for a run with nothing queued behind it (see ARENA_SHRINK_INTERVAL_S)."""
         now = time.monotonic()
         if self.batcher.depth == 0 and now - self._last_shrink >= ARENA_SHRINK_INTERVAL_S:
-            options, self._last_shrink = self._shrinking, now
-        return run_logits(self.session, self.metadata, rows, options)
+            self._last_shrink = now
+            return self._shrinking
+        return None
+
+    def infer(self, rows: np.ndarray) -> np.ndarray:
+        """Blocking session run of the session this version holds now: the logits only."""
+        return run_logits(self.session, self.metadata, rows, self._run_options())
+
+    def infer_features(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Blocking session run fetching the logits and the feature map (for class activation maps)."""
+        return run_with_features(self.session, self.metadata, rows, self._run_options())
 
     @property
     def provider(self) -> str:
@@ -106,7 +132,10 @@ class ModelLoader:
         profile. Every run checks the output width against the labels.
         """
         s = self.settings
-        metadata = read_model_metadata(path)
+        model = load_model(path)
+        metadata = metadata_from_model(model)
+        weights = cam_weights(model, metadata)
+        del model  # the parsed file (ResNet-50: 100 MB); the session holds its own copy
         session = create_session(
             path,
             s.provider_list,
@@ -131,9 +160,18 @@ class ModelLoader:
                     f"the model outputs shape {list(logits.shape)} for {n} images, but it has "
                     f"{metadata.num_classes} labels"
                 )
-        return WarmSession(metadata, session, seconds_per_row)
+        if weights is not None:
+            _, features = run_with_features(session, metadata, np.zeros((1, crop, crop, 3), dtype=np.uint8))
+            if features.ndim != 4 or features.shape[1] != weights.shape[1]:
+                raise InvalidModelError(
+                    f"the feature output {metadata.features_output!r} has shape {list(features.shape)}; "
+                    f"the cam weights need [N, {weights.shape[1]}, h, w]"
+                )
+        return WarmSession(metadata, session, seconds_per_row, weights)
 
-    def _start_batcher(self, name: str, infer: Infer, seconds_per_row: float) -> DynamicBatcher:
+    def _start_batcher(
+        self, name: str, infer: Infer, infer_features: InferFeatures | None, seconds_per_row: float
+    ) -> DynamicBatcher:
         s = self.settings
         batcher = DynamicBatcher(
             infer,
@@ -144,6 +182,7 @@ class ModelLoader:
             observer=self.metrics.observer(name),
             name=name,
             seconds_per_row=seconds_per_row,
+            infer_features=infer_features,
         )
         batcher.start()
         return batcher

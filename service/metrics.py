@@ -96,6 +96,14 @@ class Metrics:
             namespace=NAMESPACE,
             registry=self.registry,
         )
+        self.explain_duration = Histogram(
+            "explain_duration_seconds",
+            "Class activation maps of one image (explain=true), after its session run.",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            namespace=NAMESPACE,
+            registry=self.registry,
+        )
         self.queue_duration = Histogram(
             "queue_duration_seconds",
             "Time an image waited in the batching queue.",

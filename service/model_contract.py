@@ -19,7 +19,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any, get_type_hints
 
+import numpy as np
 import onnx
+from onnx import numpy_helper
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +30,7 @@ MIN_OPSET = 17
 UNVERSIONED = "unversioned"
 IMAGE_INPUT = "image"  # the name the exporter gives the input (a reader takes the one input it finds)
 LOGITS_OUTPUT = "logits"  # the output read when a graph has several
+FEATURES_OUTPUT = "features"  # the exporter's name for the last block's output (class activation maps)
 _INTERNAL = {"public": False}  # a field the reader keeps for the service, not shown by the API
 
 
@@ -43,6 +46,9 @@ class ModelCard:
     unmeasured error is ``"null"``), the rest plain strings. The fields without a default, and
     ``schema_version``, are required. A quantized model is served like any other; ``precision`` and
     ``quantization`` (its FP32 parent, calibration, and both models' measured accuracy) say what it costs.
+    ``cam`` (optional) names what a class activation map needs, both inside the file: the graph output
+    holding the last block's feature map (``features``) and the initializer holding the classifier's
+    weights (``weights``, ``[classes, channels]``); a model without it is served, unexplained.
     """
 
     version: str = UNVERSIONED
@@ -55,6 +61,7 @@ class ModelCard:
     test_error_1crop: float | None = None
     test_error_10crop: float | None = None
     quantization: dict[str, Any] | None = field(default=None, hash=False)
+    cam: dict[str, Any] | None = field(default=None, hash=False)
     created: str | None = None
     checkpoint_sha256: str | None = None
     schema_version: str = SCHEMA_VERSION
@@ -83,6 +90,7 @@ class ModelMetadata(ModelCard):
     opset: int | None = None
     input_name: str = field(default=IMAGE_INPUT, metadata=_INTERNAL)
     output_name: str = field(default=LOGITS_OUTPUT, metadata=_INTERNAL)
+    features_output: str | None = field(default=None, metadata=_INTERNAL)  # set when ``cam`` is
     properties: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False, metadata=_INTERNAL)
 
 
@@ -233,6 +241,45 @@ def _check_graph(model: onnx.ModelProto) -> tuple[str, str, int | None]:
     return image.name, logits.name, out_dims[-1] if len(out_dims) == 2 else None
 
 
+def _check_cam(model: onnx.ModelProto, cam: Mapping[str, Any], num_classes: int, logits: str) -> str:
+    """The features output ``cam`` names, after checking that it and the weights are in the graph."""
+    features, weights = cam.get("features"), cam.get("weights")
+    if not isinstance(features, str) or not isinstance(weights, str):
+        raise InvalidModelError(
+            'metadata cam must be {"features": <output name>, "weights": <initializer name>}'
+        )
+    outputs = {o.name: o for o in model.graph.output}
+    if features not in outputs or features == logits:
+        raise InvalidModelError(f"metadata cam names the output {features!r}, which is not a feature output")
+    dims = _static_dims(outputs[features])
+    if outputs[features].type.tensor_type.elem_type != onnx.TensorProto.FLOAT or len(dims) != 4:
+        raise InvalidModelError(f"output {features!r} must be the float32 feature map [N, channels, h, w]")
+    tensor = next((init for init in model.graph.initializer if init.name == weights), None)
+    if tensor is None:
+        raise InvalidModelError(
+            f"metadata cam names the initializer {weights!r}, which the graph does not have"
+        )
+    shape = list(tensor.dims)
+    if len(shape) != 2 or shape[0] != num_classes or dims[1] not in (None, shape[1]):
+        raise InvalidModelError(
+            f"cam weights {weights!r} are {shape}; they must be [classes, channels] = [{num_classes}, "
+            f"{dims[1] if dims[1] is not None else 'channels'}]"
+        )
+    return features
+
+
+def cam_weights(model: onnx.ModelProto, meta: ModelMetadata) -> np.ndarray | None:
+    """The classifier's weights ``[classes, channels]`` (float32) that ``meta.cam`` names; None without it."""
+    if meta.cam is None:
+        return None
+    name = meta.cam["weights"]
+    tensor = next(init for init in model.graph.initializer if init.name == name)
+    try:
+        return np.ascontiguousarray(numpy_helper.to_array(tensor), dtype=np.float32)
+    except Exception as exc:  # external data that was not loaded, an unreadable type
+        raise InvalidModelError(f"cannot read the cam weights {name!r}: {exc}") from None
+
+
 def _default_opset(model: onnx.ModelProto) -> int | None:
     for entry in model.opset_import:
         if entry.domain in ("", "ai.onnx"):
@@ -252,9 +299,24 @@ def metadata_from_model(model: onnx.ModelProto) -> ModelMetadata:
     opset = _default_opset(model)
     if opset is not None and opset < MIN_OPSET:
         log.warning("model opset %d is below the contract's %d; serving it anyway", opset, MIN_OPSET)
+    cam = values.get("cam")
+    features = None if cam is None else _check_cam(model, cam, len(values["labels"]), output_name)
     return ModelMetadata(
-        **values, opset=opset, input_name=input_name, output_name=output_name, properties=props
+        **values,
+        opset=opset,
+        input_name=input_name,
+        output_name=output_name,
+        features_output=features,
+        properties=props,
     )
+
+
+def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
+    """The parsed ONNX file at ``path``; :class:`InvalidModelError` when it is not one."""
+    try:
+        return onnx.load(os.fspath(path), load_external_data=False)
+    except Exception as exc:  # protobuf raises several unrelated types on garbage
+        raise InvalidModelError(f"not a readable ONNX model: {exc}") from None
 
 
 def read_model_metadata(path: str | os.PathLike[str]) -> ModelMetadata:
@@ -263,11 +325,7 @@ def read_model_metadata(path: str | os.PathLike[str]) -> ModelMetadata:
     Raises :class:`InvalidModelError` with a clear message when the file is not a model or breaks the
     contract (missing keys, bad labels, labels that do not match the output width, wrong input type).
     """
-    try:
-        model = onnx.load(os.fspath(path), load_external_data=False)
-    except Exception as exc:  # protobuf raises several unrelated types on garbage
-        raise InvalidModelError(f"not a readable ONNX model: {exc}") from None
-    return metadata_from_model(model)
+    return metadata_from_model(load_model(path))
 
 
 # ---------------------------------------------------------------- the public view

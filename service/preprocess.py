@@ -207,13 +207,36 @@ def preprocess(
     max_resized_pixels: int = DEFAULT_MAX_RESIZED_PIXELS,
 ) -> np.ndarray:
     """Encoded image bytes to model rows exactly as the service does it (decode, draft, crops)."""
+    rows, _ = preprocess_sized(
+        data,
+        resize_size=resize_size,
+        crop_size=crop_size,
+        crops=crops,
+        max_pixels=max_pixels,
+        max_resized_pixels=max_resized_pixels,
+    )
+    return rows
+
+
+def preprocess_sized(
+    data: bytes,
+    *,
+    resize_size: int,
+    crop_size: int,
+    crops: int,
+    max_pixels: int,
+    max_resized_pixels: int = DEFAULT_MAX_RESIZED_PIXELS,
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """:func:`preprocess`'s rows and the (width, height) of the resized image they were cut from, whose
+    ``service.crop_geometry`` windows place each crop (class activation maps are put back there)."""
     image = decode_image(
         data,
         max_pixels=max_pixels,
         draft_size=resize_size * DRAFT_FACTOR,
         resize_check=(resize_size, max_resized_pixels),
     )
-    return make_crops(image, resize_size, crop_size, crops, max_resized_pixels=max_resized_pixels)
+    rows = make_crops(image, resize_size, crop_size, crops, max_resized_pixels=max_resized_pixels)
+    return rows, resized_size(image.width, image.height, resize_size)
 
 
 def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:

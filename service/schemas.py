@@ -33,7 +33,25 @@ class Timings(BaseModel):
     decode_ms: float = Field(description="decode, resize and crop")
     queue_ms: float = Field(description="wait for a batch")
     inference_ms: float = Field(description="session run of the batch this image was in")
+    explain_ms: float | None = Field(
+        default=None, description="class activation maps, after the session run (explain=true only)"
+    )
     total_ms: float
+
+
+class Explanation(BaseModel):
+    label: str = Field(description="the class this map explains")
+    index: int = Field(description="its index in the model output")
+    probability: float = Field(description="its softmax probability averaged over the crops")
+    grid_width: int = Field(description="heatmap columns; each cell is crop_size / feature-map width pixels")
+    grid_height: int = Field(description="heatmap rows; the grid covers the whole image")
+    value_min: float = Field(description="the map value that gray level 0 stands for")
+    value_max: float = Field(description="the map value that gray level 255 stands for")
+    heatmap_png: str = Field(
+        description="base64 PNG (grayscale and alpha, grid_width x grid_height): the class activation map "
+        "averaged over the crops in image coordinates, 0-255 from value_min to value_max; alpha 0 where no "
+        "crop looked. Stretch it over the image to overlay it"
+    )
 
 
 class ClassifyResponse(BaseModel):
@@ -42,12 +60,16 @@ class ClassifyResponse(BaseModel):
     crops: int
     predictions: list[Prediction]
     timings: Timings
+    explanations: list[Explanation] | None = Field(
+        default=None, description="explain=true only: one map per class explained (top-1 or explain_class)"
+    )
 
 
 class BatchItem(BaseModel):
     filename: str | None = None
     predictions: list[Prediction] | None = None
     timings: Timings | None = None
+    explanations: list[Explanation] | None = Field(default=None, description="explain=true only")
     error: ErrorBody | None = Field(
         default=None, description="set instead of predictions when this image failed"
     )

@@ -6,7 +6,9 @@ deployment and training tests (``tests`` is on pytest's path).
 
 Every model here computes ``logits = mean_rgb(image) @ weights``. ``colour_model`` answers the dominant
 colour of a photo (a mostly-blue photo is labelled "blue"); ``cifar_like_model`` has the ten CIFAR-10 labels
-and fixed pseudo-random weights: a stand-in with the shipped model's shape.
+and fixed pseudo-random weights: a stand-in with the shipped model's shape. ``colour_cam_model`` answers as
+``colour_model`` through a ResNet's head (a feature map, global average pooling, one linear layer) and has
+the feature output and ``cam`` metadata of an explainable model.
 """
 
 from __future__ import annotations
@@ -108,6 +110,63 @@ def colour_model(
         overrides=overrides,
         drop=drop,
     )
+
+
+def colour_cam_model(
+    labels: Iterable[str] = COLORS,
+    *,
+    crop: int = 32,
+    resize: int = 36,
+    cell: int = 4,
+    scale: float = 8.0,
+    version: str = "20250101T000000Z",
+) -> onnx.ModelProto:
+    """``colour_model``'s logits through a ResNet-like head, with the feature output that maps use.
+
+    ``features`` [N, 3, crop/cell, crop/cell] is the mean RGB (0-255) of each ``cell`` x ``cell`` block
+    (AveragePool); ``logits = GlobalAveragePool(features) @ weights.T`` (Gemm, transB) with ``weights``
+    [classes, 3] the initializer ``classifier.weight``: the map of a colour is bright where the photo has it.
+    """
+    labels = list(labels)
+    weights = np.zeros((len(labels), 3), dtype=np.float32)
+    for c in range(min(3, len(labels))):
+        weights[c, c] = scale / 255.0
+    grid = crop // cell
+    graph = helper.make_graph(
+        [
+            helper.make_node("Cast", ["image"], ["pixels"], to=TensorProto.FLOAT),
+            helper.make_node("Transpose", ["pixels"], ["planes"], perm=[0, 3, 1, 2]),
+            helper.make_node(
+                "AveragePool", ["planes"], ["features"], kernel_shape=[cell, cell], strides=[cell, cell]
+            ),
+            helper.make_node("GlobalAveragePool", ["features"], ["pooled"]),
+            helper.make_node("Flatten", ["pooled"], ["flat"]),
+            helper.make_node("Gemm", ["flat", "classifier.weight"], ["logits"], transB=1),
+        ],
+        "colour-cam-test",
+        [helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", crop, crop, 3])],
+        [
+            helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", len(labels)]),
+            helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", 3, grid, grid]),
+        ],
+        [numpy_helper.from_array(weights, "classifier.weight")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    card = ModelCard(
+        labels=tuple(labels),
+        crop_size=crop,
+        resize_size=resize,
+        arch="colour-cam-test",
+        dataset="synthetic",
+        cam={"features": "features", "weights": "classifier.weight"},
+        created="2025-01-01T00:00:00Z",
+        checkpoint_sha256="0" * 64,
+        version=version,
+    )
+    helper.set_model_props(model, metadata_props(card))
+    onnx.checker.check_model(model)
+    return model
 
 
 def cifar_like_model(crop: int = 32, resize: int = 36, seed: int = 0) -> onnx.ModelProto:

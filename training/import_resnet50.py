@@ -34,7 +34,7 @@ from torch import nn
 
 from service.model_contract import ModelCard
 from training.digest import sha256_file
-from training.export import ExportError, PixelInput, export_model
+from training.export import ExportError, PixelInput, add_features_argument, export_model
 from training.models import Bottleneck, ResNet
 from training.quantize import QUANTIZE_ERRORS, add_arguments, int8_path, quantize_from_arguments
 
@@ -455,9 +455,10 @@ def convert(package: KerasPackage) -> tuple[ResNet, Layout]:
     return network.eval(), layout
 
 
-def pixel_model(network: nn.Module) -> PixelInput:
-    """The network taking uint8 RGB pixels, with these weights' BGR Caffe convention inside the graph."""
-    return PixelInput(network, MEAN_BGR, STD, bgr=True)
+def pixel_model(network: nn.Module, features: bool = False) -> PixelInput:
+    """The network taking uint8 RGB pixels, with these weights' BGR Caffe convention inside the graph;
+    ``features``: with the last block's feature map as a second output (class activation maps)."""
+    return PixelInput(network, MEAN_BGR, STD, bgr=True, features=features)
 
 
 def crop_size_of(package: KerasPackage) -> int:
@@ -476,8 +477,12 @@ def import_resnet50(
     tarball: Path | None = None,
     force: bool = False,
     expected_sha256: str = TARBALL_SHA256,
+    features: bool = True,
 ) -> Path:
-    """Obtain, verify, convert and publish the model; skip when it is already published (unless ``force``)."""
+    """Obtain, verify, convert and publish the model; skip when it is already published (unless ``force``).
+
+    ``features``: with the feature output and ``cam`` metadata the service's class activation maps need.
+    """
     target = models_dir / MODEL_FILE
     if target.exists() and not force:
         log.info("%s already exists; nothing to do (use --force to import it again)", target)
@@ -502,7 +507,7 @@ def import_resnet50(
         checkpoint_sha256=digest,
     )
     log.info("converted %s (%s, BN epsilon %g); exporting", tarball.name, layout.arch, layout.bn_eps)
-    return export_model(pixel_model(network), card, target)
+    return export_model(pixel_model(network, features), card, target)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -512,10 +517,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models-dir", type=Path, default=Path("models"), help="where to publish the model")
     parser.add_argument("--tarball", type=Path, help=f"an already downloaded {TARBALL_NAME}")
     parser.add_argument("--force", action="store_true", help="import again even if the model exists")
+    add_features_argument(parser)
     add_arguments(parser, int8_flag=True)
     args = parser.parse_args(argv)
     try:
-        published = import_resnet50(args.cache_dir, args.models_dir, args.tarball, args.force)
+        published = import_resnet50(
+            args.cache_dir, args.models_dir, args.tarball, args.force, features=args.features
+        )
         print(published)
         if args.int8 and (args.force or not int8_path(published).exists()):
             print(quantize_from_arguments(published, args))

@@ -208,9 +208,16 @@ class ResNet(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
+    def forward_features(self, x: Tensor) -> Tensor:
+        """The last block's output ``[N, C, h, w]``: what a class activation map weighs (Zhou et al. 2016)."""
+        return self.stages(self.stem(x))
+
+    def head(self, features: Tensor) -> Tensor:
+        """Global average pooling and the linear classifier: logits from the last block's output."""
+        return self.fc(torch.flatten(self.avgpool(features), 1))
+
     def forward(self, x: Tensor) -> Tensor:
-        x = self.stages(self.stem(x))
-        return self.fc(torch.flatten(self.avgpool(x), 1))
+        return self.head(self.forward_features(x))
 
 
 @dataclass(frozen=True)

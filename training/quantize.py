@@ -209,7 +209,9 @@ def photos(directory: Path, count: int) -> list[Path]:
 
 
 def parent_card(meta: ModelMetadata) -> ModelCard:
-    return ModelCard(**{f.name: getattr(meta, f.name) for f in fields(ModelCard)})
+    """The parent's card for its INT8 twin: without ``cam``, since the quantizer rewrites the classifier's
+    weight initializer (the twin is served unexplained)."""
+    return replace(ModelCard(**{f.name: getattr(meta, f.name) for f in fields(ModelCard)}), cam=None)
 
 
 # ---------------------------------------------------------------- the command

@@ -4,8 +4,9 @@ and the timings.
 
 The browser tests start `python -m service` on a free loopback port with tiny contract-conforming models
 (tests/contract_models.py): "colour" labels a photo by its dominant colour, so a mostly-blue photo must
-come out "blue". When the shipped model (models/resnet20-cifar10.onnx) exists it is served too, and the cat
-photo must come out "cat".
+come out "blue"; "colour-cam" answers the same with a feature output, so the page can overlay where it
+looked (the class activation map). When the shipped model (models/resnet20-cifar10.onnx) exists it is served
+too, and the cat photo must come out "cat".
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
-from contract_models import colour_model, free_port, publish
+from contract_models import colour_cam_model, colour_model, free_port, publish
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "deploy" / "fixtures"
@@ -78,6 +79,7 @@ def server(tmp_path_factory):
         pytest.skip(reason)
     models = tmp_path_factory.mktemp("models")
     publish(models / "colour.onnx", colour_model(crop=32, resize=36, scale=8.0))
+    publish(models / "colour-cam.onnx", colour_cam_model(crop=32, resize=36, cell=4, scale=8.0))
     if SHIPPED_MODEL.exists():
         shutil.copy(SHIPPED_MODEL, models / SHIPPED_MODEL.name)
     port = free_port()
@@ -243,3 +245,84 @@ def test_shipped_model_labels_the_cat(browser, server):
     preds, _ = _results(browser, wait, expected_crops=10)
     assert preds[0][0] == "cat"
     assert len(preds) == 5
+
+
+def _split_photo(path: Path) -> Path:
+    """A 200x120 JPEG: red on its left 40%, blue on the rest (the model answers blue, found on the right)."""
+    from PIL import Image
+
+    image = Image.new("RGB", (200, 120), (30, 40, 220))
+    image.paste((220, 30, 20), (0, 0, 80, 120))
+    image.save(path, "JPEG", quality=95)
+    return path
+
+
+def _overlay(browser, wait):
+    from selenium.webdriver.common.by import By
+
+    overlay = browser.find_element(By.ID, "overlay")
+    wait.until(lambda d: overlay.is_displayed() and overlay.get_attribute("data-ready") == "true")
+    return overlay
+
+
+@pytest.mark.browser
+def test_the_explain_toggle_overlays_where_the_model_looked(browser, server, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    photo = _split_photo(tmp_path / "split.jpg")
+    wait = _open(browser, server, "colour-cam", crops=10)
+    toggle = browser.find_element(By.ID, "explain")
+    if not toggle.is_selected():
+        browser.execute_script("arguments[0].click()", toggle)
+    browser.find_element(By.ID, "file").send_keys(str(photo))
+    preds, _ = _results(browser, wait, expected_crops=10)
+    overlay = _overlay(browser, wait)
+    browser.save_screenshot(str(tmp_path / "overlay.png"))
+
+    # The overlay shows what the API answers for the same photo: the top-1 class and its map.
+    api = httpx.post(
+        f"{server}/classify",
+        params={"model": "colour-cam", "crops": 10, "explain": "true"},
+        files={"image": (photo.name, photo.read_bytes(), "image/jpeg")},
+        timeout=30,
+    ).json()
+    (explained,) = api["explanations"]
+    assert preds[0][0] == explained["label"] == "blue"
+    assert browser.find_element(By.ID, "explain-label").text == "blue"
+    assert overlay.get_attribute("data-heatmap") == explained["heatmap_png"]
+    # Drawn over the photo, as large as it, and warm (red) where the blue is: the right of the photo.
+    image = browser.find_element(By.ID, "photo")
+    canvas = browser.find_element(By.ID, "heatmap")
+    assert canvas.size == image.size and canvas.location == image.location and image.size["width"] > 100
+    red_by_column = browser.execute_script(
+        """
+        const c = document.getElementById("heatmap");
+        const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+        const sums = new Array(c.width).fill(0);
+        for (let i = 0; i < d.length; i += 4) sums[(i / 4) % c.width] += d[i] - d[i + 2];
+        return [c.width, sums];
+        """
+    )
+    width, sums = red_by_column
+    assert width == 200
+    left, right = sum(sums[:70]) / 70, sum(sums[90:]) / 110
+    assert right > left + 50 * 120, (left, right)  # red minus blue, per column of 120 pixels
+
+    # Off again: no overlay, and the request no longer asks for maps.
+    browser.execute_script("arguments[0].click()", toggle)
+    wait.until(lambda d: not d.find_element(By.ID, "overlay").is_displayed())
+
+
+@pytest.mark.browser
+def test_explain_on_a_model_without_features_says_so(browser, server):
+    from selenium.webdriver.common.by import By
+
+    wait = _open(browser, server, "colour", crops=1)
+    toggle = browser.find_element(By.ID, "explain")
+    if not toggle.is_selected():
+        browser.execute_script("arguments[0].click()", toggle)
+    browser.find_element(By.ID, "file").send_keys(str(FIXTURES / "dog.jpg"))
+    status = browser.find_element(By.ID, "status")
+    wait.until(lambda d: "explanations not available for this model" in status.text)
+    assert status.get_attribute("class") == "error"
+    assert not browser.find_element(By.ID, "overlay").is_displayed()

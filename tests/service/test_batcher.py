@@ -182,3 +182,58 @@ def test_timed_out_requests_are_skipped_and_close_drains_the_queue() -> None:
             await batcher.submit(rows(4))
 
     run(scenario())
+
+
+def test_features_are_fetched_only_for_a_batch_that_asks_and_given_only_to_who_asked() -> None:
+    fetched: list[tuple[str, int]] = []
+
+    def logits(batch: np.ndarray) -> np.ndarray:
+        fetched.append(("logits", len(batch)))
+        return batch.reshape(len(batch), -1).sum(axis=1, keepdims=True).astype(np.float32)
+
+    def with_features(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        fetched.append(("features", len(batch)))
+        return logits(batch), batch.astype(np.float32) * 2
+
+    async def scenario() -> None:
+        gate = GatedInfer()  # holds a first batch so the next two requests share one
+        batcher = DynamicBatcher(
+            lambda b: gate(b) if not gate.gate.is_set() else logits(b),
+            max_batch_size=8,
+            max_queue_delay_s=0.001,
+            max_queue_size=16,
+            infer_features=with_features,
+        )
+        batcher.start()
+        first = asyncio.ensure_future(batcher.submit(rows(1)))
+        await started(gate)
+        plain = asyncio.ensure_future(batcher.submit(rows(2)))
+        asked = asyncio.ensure_future(batcher.submit(rows(3, n=1), features=True))
+        await asyncio.sleep(0.05)
+        gate.gate.set()
+        await first
+        plain_result, asked_result = await plain, await asked
+        assert first.result().features is None
+        assert plain_result.features is None and plain_result.outputs[:, 0].tolist() == [24.0, 24.0]
+        assert asked_result.features is not None and asked_result.features.shape == (1, 2, 2, 3)
+        assert (asked_result.features == 6).all() and asked_result.outputs[:, 0].tolist() == [36.0]
+        alone = await batcher.submit(rows(4))
+        assert alone.features is None
+        await batcher.close()
+
+    fetched.clear()
+    run(scenario())
+    # the first (gated) batch ran logits only, the shared one with features, the last logits only again
+    assert [kind for kind, _ in fetched if kind == "features"] == ["features"]
+    assert ("features", 3) in fetched and fetched[-1] == ("logits", 2)
+
+
+def test_features_cannot_be_asked_of_a_batcher_without_them() -> None:
+    async def scenario() -> None:
+        batcher = make(GatedInfer())
+        assert not batcher.has_features
+        with pytest.raises(ValueError, match="no feature output"):
+            await batcher.submit(rows(1), features=True)
+        await batcher.close()
+
+    run(scenario())

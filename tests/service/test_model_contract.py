@@ -6,16 +6,19 @@ import calendar
 import logging
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
-from contract_models import COLORS, colour_model, publish, with_outputs
+from contract_models import COLORS, colour_cam_model, colour_model, publish, with_outputs
 
 from service import runtime
 from service.model_contract import (
     CONTRACT_KEYS,
     InvalidModelError,
     ModelCard,
+    cam_weights,
     describe,
+    load_model,
     public_fields,
     read_model_metadata,
     write_metadata,
@@ -153,3 +156,44 @@ def test_tensorrt_gets_fp16_cache_and_one_profile_for_all_batch_sizes(tmp_path: 
     assert options["trt_engine_cache_enable"] is True and options["trt_engine_cache_path"] == str(tmp_path)
     assert options["trt_profile_min_shapes"] == "image:1x224x224x3"
     assert options["trt_profile_max_shapes"] == "image:64x224x224x3"
+
+
+def test_cam_metadata_names_the_feature_output_and_the_classifier_weights(tmp_path: Path) -> None:
+    path = publish(tmp_path / "cam.onnx", colour_cam_model(scale=8.0))
+    model = load_model(path)
+    meta = read_model_metadata(path)
+    assert meta.cam == {"features": "features", "weights": "classifier.weight"}
+    assert meta.features_output == "features" and meta.output_name == "logits"
+    weights = cam_weights(model, meta)
+    assert weights is not None and weights.shape == (3, 3) and weights.dtype == np.float32
+    assert np.allclose(weights, np.eye(3) * 8.0 / 255.0)
+    plain = read_model_metadata(publish(tmp_path / "plain.onnx", colour_model()))
+    assert plain.cam is None and plain.features_output is None
+
+
+@pytest.mark.parametrize(
+    ("cam", "message"),
+    [
+        ('{"features": "features"}', "metadata cam must be"),
+        ('{"features": "nowhere", "weights": "classifier.weight"}', "not a feature output"),
+        ('{"features": "logits", "weights": "classifier.weight"}', "not a feature output"),
+        ('{"features": "features", "weights": "nowhere"}', "which the graph does not have"),
+        ('["features"]', "must be a JSON object"),
+    ],
+)
+def test_broken_cam_metadata_is_refused(tmp_path: Path, cam: str, message: str) -> None:
+    model = colour_cam_model()
+    props = {p.key: p.value for p in model.metadata_props}
+    onnx.helper.set_model_props(model, {**props, "cam": cam})
+    with pytest.raises(InvalidModelError, match=message):
+        read_model_metadata(publish(tmp_path / "m.onnx", model))
+
+
+def test_cam_weights_of_the_wrong_shape_are_refused(tmp_path: Path) -> None:
+    model = colour_cam_model(labels=["red", "green", "blue", "grey"])  # weights [4, 3]
+    props = {p.key: p.value for p in model.metadata_props}
+    onnx.helper.set_model_props(model, {**props, "labels": '["red", "green", "blue", "grey", "pink"]'})
+    del model.graph.output[0].type.tensor_type.shape.dim[1:]  # no static width: the weights must catch it
+    model.graph.output[0].type.tensor_type.shape.dim.add().dim_param = "classes"
+    with pytest.raises(InvalidModelError, match=r"must be \[classes, channels\] = \[5, 3\]"):
+        read_model_metadata(publish(tmp_path / "m.onnx", model))

@@ -38,8 +38,9 @@ def test_export_follows_the_model_contract(exported: Path, trained_run: Path) ->
     assert image.name == "image" and image.type.tensor_type.elem_type == onnx.TensorProto.UINT8
     dims = image.type.tensor_type.shape.dim
     assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [32, 32, 3]
-    assert [o.name for o in model.graph.output] == ["logits"]
+    assert [o.name for o in model.graph.output] == ["logits", "features"]  # features: on by default
     meta = {p.key: p.value for p in model.metadata_props}
+    assert json.loads(meta["cam"]) == {"features": "features", "weights": "network.fc.weight"}
     assert meta["schema_version"] == "1"
     assert json.loads(meta["labels"]) == ["circle", "square", "stripe"]
     assert meta["crop_size"] == "32" and int(meta["resize_size"]) >= 32
@@ -98,3 +99,33 @@ def test_export_command_line(trained_run: Path, tmp_path: Path) -> None:
     assert export.main([str(trained_run / "last.pt"), "--models-dir", str(tmp_path), "--name", "tiny"]) == 0
     assert (tmp_path / "tiny.onnx").is_file()
     assert export.main([str(tmp_path / "missing.pt"), "--models-dir", str(tmp_path)]) == 1
+
+
+def test_the_feature_output_and_the_cam_weights_give_the_logits(exported: Path, trained_run: Path) -> None:
+    """A class activation map is exact only if logits = mean over places of (weights @ features) + bias:
+    checked on the exported file alone, with the weights the cam metadata names."""
+    from service.model_contract import cam_weights, load_model, metadata_from_model
+
+    model = load_model(exported)
+    meta = metadata_from_model(model)
+    weights = cam_weights(model, meta)
+    assert weights is not None and weights.shape == (3, 64)
+    session = ort.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
+    batch = np.random.default_rng(1).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    logits, features = session.run(["logits", "features"], {"image": batch})
+    assert features.shape == (5, 64, 8, 8)
+    maps = np.einsum("ck,nkhw->nchw", weights, features)  # every class's map on each image
+    bias = load_checkpoint(trained_run / "last.pt")["model"]["fc.bias"].numpy()
+    assert np.allclose(maps.mean(axis=(2, 3)) + bias, logits, atol=1e-4)
+
+
+def test_no_features_exports_the_logits_alone(trained_run: Path, tmp_path: Path) -> None:
+    plain = export_checkpoint(trained_run / "last.pt", tmp_path, features=False)
+    model = onnx.load(str(plain))
+    assert [o.name for o in model.graph.output] == ["logits"]
+    assert "cam" not in {p.key for p in model.metadata_props}
+    assert (
+        export.main([str(trained_run / "last.pt"), "--models-dir", str(tmp_path / "cli"), "--no-features"])
+        == 0
+    )
+    assert [o.name for o in onnx.load(str(tmp_path / "cli" / plain.name)).graph.output] == ["logits"]

@@ -368,6 +368,34 @@ def test_import_publishes_a_contract_model_and_then_skips(
     assert target.stat().st_mtime_ns == before  # skipped: not even the (wrong) checksum was looked at
 
 
+def test_import_adds_the_feature_output_unless_told_not_to(
+    small_tarball: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """By default the model explains itself: features [N, 16x4, 2, 2] and the fc weights named in ``cam``;
+    ``--no-features`` publishes the logits alone."""
+    digest = sha256_file(small_tarball)
+    target = importer.import_resnet50(
+        tmp_path / "cache", tmp_path / "a", small_tarball, expected_sha256=digest
+    )
+    meta = read_model_metadata(target)
+    assert meta.cam == {"features": "features", "weights": "network.fc.weight"}
+    session = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
+    images = random_images(2, SMALL_SIZE, seed=6)
+    logits, features = session.run(["logits", "features"], {"image": images})
+    assert features.shape == (2, SMALL_WIDTHS[-1] * 4, 2, 2)
+    assert (logits.argmax(1) == session.run(["logits"], {"image": images})[0].argmax(1)).all()
+    args = ["--cache-dir", str(tmp_path / "cache"), "--models-dir", str(tmp_path / "b"), "--no-features"]
+    real_import = importer.import_resnet50
+
+    def with_digest(*a: Any, **k: Any) -> Path:  # the synthetic tarball stands in for the real one
+        return real_import(*a, **{**k, "expected_sha256": digest})
+
+    monkeypatch.setattr(importer, "import_resnet50", with_digest)
+    assert importer.main([*args, "--tarball", str(small_tarball)]) == 0
+    plain = read_model_metadata(tmp_path / "b" / importer.MODEL_FILE)
+    assert plain.cam is None and plain.features_output is None
+
+
 # ---------------------------------------------------------------- obtaining the package
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import onnx
 import pytest
-from contract_models import colour_model, publish, write_colour_photos
+from contract_models import colour_cam_model, colour_model, publish, write_colour_photos
 
 from service.model_contract import read_model_metadata
 from training import export, quantize, train
@@ -158,3 +158,14 @@ def test_quantizes_where_symbolic_shape_inference_fails(
     assert calls == [False, True]
     recorded = read_model_metadata(published).quantization
     assert recorded is not None and recorded["evaluated_on"]["int8_error_1crop"] == 0.0
+
+
+def test_the_int8_twin_of_an_explainable_model_is_served_unexplained(tmp_path: Path, colours: Path) -> None:
+    """The quantizer rewrites the classifier's weights, so the twin drops ``cam`` rather than name a weight
+    initializer it no longer has; it follows the contract and classifies as its parent."""
+    fp32 = publish(tmp_path / "models" / "cam.onnx", colour_cam_model(crop=8, resize=10, cell=2))
+    assert read_model_metadata(fp32).cam is not None
+    published = quantize_model(fp32, colours, calibration_images=12)
+    meta = read_model_metadata(published)
+    assert meta.precision == "int8" and meta.cam is None and meta.features_output is None
+    assert meta.quantization is not None and meta.quantization["evaluated_on"]["int8_error_10crop"] == 0.0
