@@ -44,8 +44,24 @@ def build_network(seed: int = 0) -> ResNet:
     return network
 
 
+def current(path: Path) -> bool:
+    """``path`` exists and has the feature output (files made before it are made again)."""
+    from service.model_contract import read_model_metadata
+
+    return path.is_file() and read_model_metadata(path).cam is not None
+
+
+def made_from(int8: Path, fp32: Path) -> bool:
+    """Whether ``int8`` was quantized from this ``fp32`` file (not from an earlier export)."""
+    from service.model_contract import read_model_metadata
+    from training.digest import sha256_file
+
+    recorded = read_model_metadata(int8).quantization or {}
+    return bool(recorded.get("parent_sha256") == sha256_file(fp32))
+
+
 def make_model(force: bool = False) -> Path:
-    if MODEL_PATH.is_file() and STATE_PATH.is_file() and not force:
+    if current(MODEL_PATH) and STATE_PATH.is_file() and not force:
         return MODEL_PATH
     import torch
 
@@ -69,7 +85,7 @@ def make_model(force: bool = False) -> Path:
 
 def make_int8_model(force: bool = False) -> Path:
     """Quantize the FP32 benchmark model as ``training/quantize.py`` does, calibrated on the photos."""
-    if INT8_MODEL_PATH.is_file() and not force:
+    if INT8_MODEL_PATH.is_file() and not force and made_from(INT8_MODEL_PATH, MODEL_PATH):
         return INT8_MODEL_PATH
     import tempfile
     from dataclasses import replace
