@@ -15,30 +15,21 @@ import sys
 import time
 from pathlib import Path
 
-from common import CROP_SIZE, MEAN, RESIZE_SIZE, STD, WORK, machine, median, write_json
-from make_model import build_network
+from common import CROP_SIZE, MEAN, STD, WORK, machine, median, write_json
+from make_model import build_network, random_card
 from raw_ort import real_rows
 
 FOLDER = WORK / "features"
 
 
 def export(features: bool) -> Path:
-    from service.model_contract import ModelCard
     from training.export import PixelInput, export_model
 
     target = FOLDER / f"resnet50-random-{'features' if features else 'plain'}.onnx"
     if target.is_file():
         return target
-    card = ModelCard(
-        labels=tuple(f"class{i}" for i in range(1000)),
-        crop_size=CROP_SIZE,
-        resize_size=RESIZE_SIZE,
-        arch="resnet50",
-        dataset="random",
-        checkpoint_sha256="0" * 64,
-    )
     target.parent.mkdir(parents=True, exist_ok=True)
-    return export_model(PixelInput(build_network(), MEAN, STD, features=features), card, target)
+    return export_model(PixelInput(build_network(), MEAN, STD, features=features), random_card(), target)
 
 
 def main() -> int:

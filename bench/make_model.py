@@ -29,6 +29,8 @@ from common import (
     prepare_images,
 )
 
+from service.model_contract import ModelCard
+
 if TYPE_CHECKING:  # torch is imported only when a network is built
     from training.models import ResNet
 
@@ -42,6 +44,18 @@ def build_network(seed: int = 0) -> ResNet:
     network = build_model("resnet50")
     network.eval()
     return network
+
+
+def random_card() -> ModelCard:
+    """The model card of the random-weight benchmark ResNet-50 (1000 placeholder classes)."""
+    return ModelCard(
+        labels=tuple(f"class{i}" for i in range(1000)),
+        crop_size=CROP_SIZE,
+        resize_size=RESIZE_SIZE,
+        arch="resnet50",
+        dataset="random",
+        checkpoint_sha256="0" * 64,
+    )
 
 
 def current(path: Path) -> bool:
@@ -65,22 +79,13 @@ def make_model(force: bool = False) -> Path:
         return MODEL_PATH
     import torch
 
-    from service.model_contract import ModelCard
     from training.export import PixelInput, export_model
 
     network = build_network()
     STATE_PATH.parent.mkdir(parents=True, exist_ok=True)
     torch.save(network.state_dict(), STATE_PATH)
-    card = ModelCard(
-        labels=tuple(f"class{i}" for i in range(1000)),
-        crop_size=CROP_SIZE,
-        resize_size=RESIZE_SIZE,
-        arch="resnet50",
-        dataset="random",
-        checkpoint_sha256="0" * 64,
-    )
     MODEL_PATH.parent.mkdir(parents=True, exist_ok=True)
-    return export_model(PixelInput(network, MEAN, STD, features=True), card, MODEL_PATH)
+    return export_model(PixelInput(network, MEAN, STD, features=True), random_card(), MODEL_PATH)
 
 
 def make_int8_model(force: bool = False) -> Path:
