@@ -89,7 +89,13 @@ def test_service_dockerfile():
     assert "onnxruntime-gpu" in (DOCKER / "requirements_from_pyproject.py").read_text()
     assert re.search(r"^USER 10001", text, re.M)
     assert re.search(r"^HEALTHCHECK .*\n.*/readyz", text, re.M)
-    assert "COPY models/ /app/models/" in text
+    # The shipped models (./models and the ResNet-50 imported in a build stage) live beneath the models
+    # directory that compose and users mount, so a mount adds models instead of hiding them.
+    assert re.search(r"^\s+SERVE_MODELS_DIR=/app/models ", text, re.M)
+    assert re.search(r"^\s+SERVE_BASE_MODELS_DIR=/app/shipped-models ", text, re.M)
+    assert "COPY models/ /app/shipped-models/" in text
+    assert "COPY --from=imagenet /build/models/ /app/shipped-models/" in text
+    assert "training/import_resnet50.py" in text
 
 
 def test_requirements_from_pyproject(tmp_path):
