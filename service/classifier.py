@@ -58,7 +58,8 @@ class Timings:
 
 @dataclass(frozen=True)
 class Explain:
-    """Class activation maps asked for: of ``classes`` (indices), or of the top-1 class when None."""
+    """Class activation maps asked for: of ``classes`` (indices, from :func:`explain_classes`), or of the
+    top-1 class when None."""
 
     classes: tuple[int, ...] | None = None
 
@@ -203,8 +204,6 @@ class Classifier:
     ) -> ImageResult:
         if explain is not None:
             check_explainable(model)
-            if any(not 0 <= i < model.metadata.num_classes for i in explain.classes or ()):
-                raise InvalidParameter(f"explain_class must be below {model.metadata.num_classes}")
         timeout = self.deadline_s(timeout_s)
         started, ok = time.perf_counter(), False
         try:

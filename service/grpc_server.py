@@ -13,7 +13,6 @@ of their own).
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -31,10 +30,10 @@ from service.errors import (
     ModelNotFound,
     Overloaded,
     ServiceError,
-    Unauthorized,
 )
 from service.metrics import Metrics
 from service.oip import inference_pb2 as pb
+from service.security import check_token
 from service.state import ServiceState
 from service.v2_protocol import BYTES, UINT8, InferRequest, join_bytes_elements, request_from
 
@@ -146,10 +145,8 @@ class InferenceServicer:
             return
         sent = dict(context.invocation_metadata() or ()).get("authorization", "")
         scheme, _, token = str(sent).partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            raise Unauthorized("inference needs 'authorization: Bearer <token>' metadata")
-        if not hmac.compare_digest(token.encode(), expected.get_secret_value().encode()):
-            raise Unauthorized("wrong bearer token for inference")
+        bearer = token if scheme.lower() == "bearer" else None
+        check_token(expected, bearer, "inference", "'authorization: Bearer <token>' metadata")
 
     async def ServerLive(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
@@ -201,10 +198,7 @@ class InferenceServicer:
         v2_core.admit(self.state, name, version, timeout_s)
         budget, size = self.state.upload_budget, request.ByteSize()
         if not budget.take(size):
-            raise Overloaded(
-                f"the requests in flight hold the service's upload memory budget of {budget.limit} bytes; "
-                "retry shortly"
-            )
+            raise Overloaded(budget.busy_message())
         try:
             infer, buffers = infer_request(request)
             answer = await v2_core.infer(self.state, name, version, infer, buffers, timeout_s)

@@ -39,6 +39,13 @@ class UploadBudget:
     def give(self, size: int) -> None:
         self.used -= size
 
+    def busy_message(self) -> str:
+        """What a request refused because the budget is held is told (HTTP 503, gRPC UNAVAILABLE)."""
+        return (
+            f"the uploads in flight hold the service's upload memory budget of {self.limit} bytes; "
+            "retry shortly"
+        )
+
 
 class BodyLimitMiddleware:
     """413 for bodies above ``max_bytes``, 503 when the bodies in flight would exceed ``budget``.
@@ -57,12 +64,6 @@ class BodyLimitMiddleware:
     def _too_large(self) -> str:
         return f"request body is larger than the upload limit of {self.max_bytes} bytes"
 
-    def _busy(self) -> str:
-        return (
-            f"the uploads in flight hold the service's upload memory budget of {self.budget.limit} bytes; "
-            "retry shortly"
-        )
-
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
@@ -78,7 +79,7 @@ class BodyLimitMiddleware:
                 raise PayloadTooLarge(self._too_large())
             if declared and not held:
                 if not self.budget.take(declared):
-                    raise Overloaded(self._busy(), retry_after=self.retry_after_s)
+                    raise Overloaded(self.budget.busy_message(), retry_after=self.retry_after_s)
                 held = declared
             message = await receive()
             if message["type"] == "http.request":
@@ -87,7 +88,7 @@ class BodyLimitMiddleware:
                     raise PayloadTooLarge(self._too_large())
                 if received > held:
                     if not self.budget.take(received - held):
-                        raise Overloaded(self._busy(), retry_after=self.retry_after_s)
+                        raise Overloaded(self.budget.busy_message(), retry_after=self.retry_after_s)
                     held = received
             return message
 

@@ -14,11 +14,21 @@ from service.state import ServiceState, get_state
 bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <token>")
 
 
-def _check(expected: SecretStr, credentials: HTTPAuthorizationCredentials | None, what: str) -> None:
-    if credentials is None:
-        raise Unauthorized(f"{what} needs an 'Authorization: Bearer <token>' header")
-    if not hmac.compare_digest(credentials.credentials.encode(), expected.get_secret_value().encode()):
+def check_token(
+    expected: SecretStr,
+    token: str | None,
+    what: str,
+    carrier: str = "an 'Authorization: Bearer <token>' header",
+) -> None:
+    """401 unless ``token`` (None: not sent) is ``expected``; compared in constant time."""
+    if not token:
+        raise Unauthorized(f"{what} needs {carrier}")
+    if not hmac.compare_digest(token.encode(), expected.get_secret_value().encode()):
         raise Unauthorized(f"wrong bearer token for {what}")
+
+
+def _check(expected: SecretStr, credentials: HTTPAuthorizationCredentials | None, what: str) -> None:
+    check_token(expected, credentials.credentials if credentials is not None else None, what)
 
 
 async def require_client(

@@ -48,8 +48,8 @@ class Settings(BaseSettings):
     )
     default_model: str | None = Field(
         default=None,
-        description="model used when a request names none (default: resnet50-imagenet if served, else "
-        "resnet20-cifar10 if served, else the first ready model alphabetically)",
+        description="model used when a request names none (default: resnet50-imagenet if served or still "
+        "loading, else resnet20-cifar10 likewise, else the first ready model alphabetically)",
     )
     providers: str = Field(
         default=DEFAULT_PROVIDERS,
