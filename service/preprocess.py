@@ -140,7 +140,7 @@ def decode_image(
     except Exception as exc:
         raise InvalidImage(f"{_damage(exc)} image: {exc}") from None
     try:
-        image = ImageOps.exif_transpose(image)
+        ImageOps.exif_transpose(image, in_place=True)  # not a copy: an upright image is left as it is
     except Exception as exc:  # a broken EXIF block should not cost the user the image
         log.debug("ignoring unreadable EXIF orientation: %s", exc)
     return to_rgb(image)

@@ -79,7 +79,10 @@ class ServiceState:
         self.inference_pool.shutdown(wait=False, cancel_futures=True)
 
 
-def get_state(request: Request) -> ServiceState:
-    """FastAPI dependency: the state of the app serving ``request``."""
+async def get_state(request: Request) -> ServiceState:
+    """FastAPI dependency: the state of the app serving ``request``.
+
+    ``async`` so that FastAPI calls it on the event loop: a plain ``def`` dependency costs every request a
+    round trip through a worker thread."""
     state: ServiceState = request.app.state.service
     return state

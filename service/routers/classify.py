@@ -90,7 +90,7 @@ class ClassifyParams:
     explain_class: tuple[str, ...] = ()
 
 
-def classify_params(
+async def classify_params(  # async: no worker-thread round trip (see get_state)
     model: str | None = Query(None, description="model name (file stem); default: the configured default"),
     top_k: int = Query(5, ge=1, le=1000, description="how many classes to return"),
     crops: int = Query(10, description="10 (the paper's 10-crop testing) or 1 (centre crop)"),
