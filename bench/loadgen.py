@@ -53,7 +53,7 @@ def multipart_image(name: str, data: bytes) -> bytes:
     (TorchServe's and Triton's senders post bytes prepared the same cheap way).
     """
     head = (
-        f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{name}\"\r\n"
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="image"; filename="{name}"\r\n'
         "Content-Type: image/jpeg\r\n\r\n"
     )
     return head.encode() + data + f"\r\n--{BOUNDARY}--\r\n".encode()
