@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from common import REPO, RESULTS_DIR, WORK, write_json
+from common import REPO, RESULTS_DIR, WORK, prepare_images, write_json
 from harness import load, log
 from make_model import make_model
 from run import SERVICE_CONFIGS, start_service
@@ -54,6 +54,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     make_model()
+    prepare_images()
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     trees = {args.rev: worktree(args.rev), "this checkout": REPO}
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in trees}

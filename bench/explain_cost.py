@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from common import MODEL_PATH, RESULTS_DIR, machine, write_json
+from common import MODEL_PATH, RESULTS_DIR, machine, prepare_images, write_json
 from harness import load, log
 from make_model import make_model
 from run import SERVICE_CONFIGS, start_service
@@ -34,6 +34,7 @@ def main() -> int:
     from service.model_contract import read_model_metadata
 
     make_model()
+    prepare_images()
     if read_model_metadata(MODEL_PATH).cam is None:  # exported before the feature output existed
         make_model(force=True)
     concurrencies = [int(c) for c in args.concurrency.split(",")]

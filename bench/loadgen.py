@@ -34,7 +34,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
-from common import load_images, median, percentile, write_json
+from common import IMAGES_DIR, load_images, median, percentile, write_json
 
 TIMING_KEYS = ("decode_ms", "queue_ms", "inference_ms", "explain_ms", "total_ms")
 
@@ -137,6 +137,8 @@ async def run(args: argparse.Namespace) -> dict:
     images = load_images()
     if args.images:
         images = images[: args.images]
+    if not images:
+        raise SystemExit(f"no photos in {IMAGES_DIR}: bench/run.py (or ab_service.py) writes them")
     params = {"crops": str(args.crops)}
     if args.model:
         params["model"] = args.model
