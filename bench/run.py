@@ -74,6 +74,7 @@ SERVICE_CONFIGS = [
     ServiceConfig("int8", INT8_MODEL_NAME, 10, 64, 5.0, (1, 8, 32)),
     ServiceConfig("1-crop", MODEL_NAME, 1, 64, 5.0, (1, 8, 32)),
     ServiceConfig("delay0", MODEL_NAME, 10, 64, 0.0, (1, 8)),
+    ServiceConfig("batch20", MODEL_NAME, 10, 20, 5.0, (8,)),
     ServiceConfig("grpc", MODEL_NAME, 10, 64, 5.0, (1, 8, 32), protocol="service-grpc"),
 ]
 NAIVE_CONFIGS: list[tuple[str, tuple[int, ...]]] = [("sync", (1, 8, 32))]
