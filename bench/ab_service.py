@@ -2,10 +2,10 @@
 
 ``python bench/ab_service.py --rev e82d50a`` checks the revision out into ``bench/.work/ab/<rev>`` (a git
 worktree) and serves the benchmark model from each tree in turn, with the settings of one of ``run.py``'s
-REST configurations (``--config``: the FP32 headline ``default``, ``int8``, ``1-crop``, ``delay0``), under
-the same closed-loop load at each ``--concurrency``; ``--rounds`` alternates the two (A, B, A, B, ...) so
-drift of the machine lands on both. Prints images/s and p50 per server and
-round; ``--out`` writes JSON.
+REST configurations (``--config``: the FP32 headline ``default``, ``int8``, ``1-crop``, ``delay0``,
+``batch20``), under the same closed-loop load at each ``--concurrency``; ``--rounds`` alternates the two
+(A, B, A, B, ...) so drift of the machine lands on both. Prints images/s and p50 per server and round;
+``--out`` writes JSON.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from common import REPO, RESULTS_DIR, WORK, prepare_images, write_json
+from common import INT8_MODEL_NAME, REPO, RESULTS_DIR, WORK, prepare_images, write_json
 from harness import load, log
 from make_model import make_int8_model, make_model
 from run import SERVICE_CONFIGS, ServiceConfig, start_service
@@ -63,8 +63,10 @@ def main() -> int:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     base = next(c for c in SERVICE_CONFIGS if c.name == args.config)
-    make_model()
-    make_int8_model()
+    if base.model == INT8_MODEL_NAME:
+        make_int8_model()  # quantizes the FP32 model, made first if need be
+    else:
+        make_model()
     prepare_images()
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     trees = {args.rev: worktree(args.rev), "this checkout": REPO}

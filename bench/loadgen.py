@@ -48,9 +48,9 @@ BOUNDARY = "resnet-serve-loadgen-5f0c9e2a"
 def multipart_image(name: str, data: bytes) -> bytes:
     """The multipart/form-data body of ``curl -F image=@name``, built with one concatenation.
 
-    httpx's own ``files=`` encoder streams the body in Python-level chunks, which costs this client about
-    1.5 ms of CPU per photo on a 2-core machine; that would be counted as latency of the server under test
-    (TorchServe's and Triton's senders post bytes prepared the same cheap way).
+    httpx's own ``files=`` encoder streams the body in Python-level chunks, client CPU that would be counted
+    as latency of the server under test (figures in bench/README.md; TorchServe's and Triton's senders post
+    bytes prepared the same cheap way).
     """
     head = (
         f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="image"; filename="{name}"\r\n'
