@@ -1,10 +1,13 @@
-"""The service at another git revision against this checkout, side by side in one run (an A/B of a change).
+"""Two variants of the service side by side in one run: an A/B of one change of code or of settings.
 
 ``python bench/ab_service.py --rev e82d50a`` checks the revision out into ``bench/.work/ab/<rev>`` (a git
-worktree) and serves the benchmark model from each tree in turn, with the settings of one of ``run.py``'s
-REST configurations (``--config``: the FP32 headline ``default``, ``int8``, ``1-crop``, ``delay0``,
-``batch20``), under the same closed-loop load at each ``--concurrency``; ``--rounds`` alternates the two
-(A, B, A, B, ...) so drift of the machine lands on both. Prints images/s and p50 per server and round;
+worktree) and serves it as A against this checkout as B. ``python bench/ab_service.py --set
+max_batch_size=20`` serves this checkout as A with the settings of the configuration and as B with that
+field of ``run.py``'s ``ServiceConfig`` changed (``max_batch_size``, ``max_queue_delay_ms``, ``crops``);
+both options together change code and settings at once. Each of ``--config`` (comma-separated: run.py's
+REST configurations, the FP32 headline ``default``, ``int8``, ``1-crop``, ``delay0``, ``batch20``) is
+measured under the same closed-loop load at each ``--concurrency``; ``--rounds`` alternates the two (A, B,
+then B, A, ...) so drift of the machine lands on both. Prints images/s and p50 per variant and round;
 ``--out`` writes JSON.
 """
 
@@ -13,7 +16,7 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +25,8 @@ from harness import load, log
 from make_model import make_int8_model, make_model
 from run import SERVICE_CONFIGS, ServiceConfig, start_service
 
-DURATIONS = {1: (5.0, 25.0), 8: (10.0, 30.0), 32: (30.0, 40.0)}
+DURATIONS = {1: (5.0, 25.0), 8: (10.0, 30.0), 32: (25.0, 35.0)}
+SETTABLE = ("max_batch_size", "max_queue_delay_ms", "crops")
 
 
 def worktree(rev: str) -> Path:
@@ -33,9 +37,25 @@ def worktree(rev: str) -> Path:
     return target
 
 
-def measure(base: ServiceConfig, name: str, tree: Path, concurrencies: list[int], tag: str) -> dict[str, Any]:
-    """Serve from ``tree`` with the settings of ``base`` and load it at each concurrency."""
-    config = replace(base, name=name)
+def overrides(assignments: list[str]) -> dict[str, Any]:
+    """``FIELD=VALUE`` pairs as ``ServiceConfig`` fields of the field's own type."""
+    types = {f.name: f.type for f in fields(ServiceConfig)}
+    found: dict[str, Any] = {}
+    for assignment in assignments:
+        name, sep, value = assignment.partition("=")
+        try:
+            if not sep or name not in SETTABLE:
+                raise ValueError(assignment)
+            found[name] = float(value) if types[name] == "float" else int(value)
+        except ValueError:
+            known = ", ".join(SETTABLE)
+            message = f"--set takes FIELD=VALUE (FIELD: {known}; VALUE: a number): {assignment!r}"
+            raise SystemExit(message) from None
+    return found
+
+
+def measure(config: ServiceConfig, tree: Path, concurrencies: list[int], tag: str) -> dict[str, Any]:
+    """Serve from ``tree`` with the settings of ``config`` and load it at each concurrency."""
     server, _ = start_service(config, RESULTS_DIR / f"ab-{tag}.log", tree)
     try:
         server.wait_ready()
@@ -51,38 +71,50 @@ def measure(base: ServiceConfig, name: str, tree: Path, concurrencies: list[int]
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rev", required=True, help="the git revision to compare this checkout with")
+    parser.add_argument("--rev", help="A: the service at this git revision (default: this checkout)")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="FIELD=VALUE", help="B: a configuration field changed"
+    )
     parser.add_argument("--concurrency", default="1,8", help="comma-separated client counts")
     parser.add_argument("--rounds", type=int, default=2, help="A/B alternations")
+    rest = [c.name for c in SERVICE_CONFIGS if c.protocol == "service"]
     parser.add_argument(
         "--config",
         default=SERVICE_CONFIGS[0].name,
-        choices=[c.name for c in SERVICE_CONFIGS if c.protocol == "service"],
-        help="run.py's service configuration to serve both trees with (default: %(default)s)",
+        help=f"comma-separated configurations of run.py ({', '.join(rest)}; default: %(default)s)",
     )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    base = next(c for c in SERVICE_CONFIGS if c.name == args.config)
-    if base.model == INT8_MODEL_NAME:
-        make_int8_model()  # quantizes the FP32 model, made first if need be
-    else:
-        make_model()
+    if args.rev is None and not args.set:
+        parser.error("say what differs: --rev REV (code), --set FIELD=VALUE (settings), or both")
+    changed = overrides(args.set)
+    wanted = args.config.split(",")
+    unknown = sorted(set(wanted) - set(rest))
+    if unknown:
+        parser.error(f"unknown --config {', '.join(unknown)}; choose from {', '.join(rest)}")
+    configs = [next(c for c in SERVICE_CONFIGS if c.name == name) for name in wanted]
+    make_model()
+    if any(c.model == INT8_MODEL_NAME for c in configs):
+        make_int8_model()  # quantizes the FP32 model
     prepare_images()
     concurrencies = [int(c) for c in args.concurrency.split(",")]
-    trees = {args.rev: worktree(args.rev), "this checkout": REPO}
-    results: dict[str, list[dict[str, Any]]] = {name: [] for name in trees}
+    a_tree = worktree(args.rev) if args.rev else REPO
+    a_name = args.rev or "this checkout"
+    b_name = " ".join(["this checkout", *args.set]) if args.rev else " ".join(args.set)
+    results: dict[str, dict[str, list[dict[str, Any]]]] = {c.name: {a_name: [], b_name: []} for c in configs}
     for round_ in range(args.rounds):
-        for index, (name, tree) in enumerate(trees.items()):
-            phases = measure(base, name, tree, concurrencies, f"r{round_}-{index}")
-            results[name].append(phases)
-            for c, r in phases.items():
-                rate, p50 = r["images_per_s"], r["latency_ms"]["p50"]
-                log(f"round {round_} {name} c={c}: {rate:.3f} images/s, p50 {p50} ms")
+        for base in configs:
+            variants = [(a_name, a_tree, base), (b_name, REPO, replace(base, **changed))]
+            for name, tree, config in variants[:: 1 if round_ % 2 == 0 else -1]:
+                index = 0 if name == a_name else 1
+                phases = measure(config, tree, concurrencies, f"{base.name}-r{round_}-{index}")
+                results[base.name][name].append(phases)
+                for c, r in phases.items():
+                    rate, p50 = r["images_per_s"], r["latency_ms"]["p50"]
+                    log(f"round {round_} {base.name} {name} c={c}: {rate:.3f} images/s, p50 {p50} ms")
     if args.out:
-        write_json(
-            args.out,
-            {"rev": args.rev, "config": args.config, "durations": DURATIONS, "results": results},
-        )
+        summary = {"rev": args.rev, "set": args.set, "configs": wanted, "durations": DURATIONS}
+        write_json(args.out, {**summary, "results": results})
     return 0
 
 
