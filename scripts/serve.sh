@@ -26,5 +26,5 @@ if [[ -f models/resnet50-imagenet.onnx && ! -f models/resnet50-imagenet-int8.onn
     || echo "ResNet-50 INT8 not published (see above); serving the other models"
 fi
 # glibc gives image-sized buffers back to the kernel after a burst (service/allocator.py).
-export MALLOC_MMAP_THRESHOLD_=${MALLOC_MMAP_THRESHOLD_:-1048576}
+export MALLOC_MMAP_THRESHOLD_=${MALLOC_MMAP_THRESHOLD_:-2097152}
 exec python -m service "$@"
