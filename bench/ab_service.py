@@ -16,9 +16,9 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 from common import INT8_MODEL_NAME, REPO, RESULTS_DIR, WORK, prepare_images, write_json
 from harness import load, log
@@ -39,14 +39,14 @@ def worktree(rev: str) -> Path:
 
 def overrides(assignments: list[str]) -> dict[str, Any]:
     """``FIELD=VALUE`` pairs as ``ServiceConfig`` fields of the field's own type."""
-    types = {f.name: f.type for f in fields(ServiceConfig)}
+    types = get_type_hints(ServiceConfig)
     found: dict[str, Any] = {}
     for assignment in assignments:
         name, sep, value = assignment.partition("=")
         try:
             if not sep or name not in SETTABLE:
                 raise ValueError(assignment)
-            found[name] = float(value) if types[name] == "float" else int(value)
+            found[name] = types[name](value)
         except ValueError:
             known = ", ".join(SETTABLE)
             message = f"--set takes FIELD=VALUE (FIELD: {known}; VALUE: a number): {assignment!r}"
@@ -105,8 +105,8 @@ def main() -> int:
     for round_ in range(args.rounds):
         for base in configs:
             variants = [(a_name, a_tree, base), (b_name, REPO, replace(base, **changed))]
-            for name, tree, config in variants[:: 1 if round_ % 2 == 0 else -1]:
-                index = 0 if name == a_name else 1
+            for index in (0, 1) if round_ % 2 == 0 else (1, 0):
+                name, tree, config = variants[index]
                 phases = measure(config, tree, concurrencies, f"{base.name}-r{round_}-{index}")
                 results[base.name][name].append(phases)
                 for c, r in phases.items():

@@ -7,7 +7,7 @@ Fixing the threshold keeps large image buffers in their own mappings: on a 2-cor
 burst of large images left 13 MB above the warmed-up size instead of 180 MB (``bench/README.md``). It is
 fixed at 2 MiB so that the buffers every ordinary request needs (a 10-crop array is 1.5 MB; a 512x512 photo
 decodes into 1 MB) are reused from the heap rather than mapped, faulted in and zeroed again for each image:
-at 1 MiB that cost 1.3 ms per image at concurrency 1, for 25-30 MB less resident after a burst.
+at 1 MiB that cost 0.7-0.9 ms per image at concurrency 1, for 25-30 MB less resident after a burst.
 ``MALLOC_MMAP_THRESHOLD_`` in the environment does the same from process start; the serve script, the
 container image and the Kubernetes manifest set it too.
 """
